@@ -1,0 +1,41 @@
+"""tfadaqat: mixed-precision quantization-aware training with learned bit-widths for tf-keras.
+
+Import this package before building any Keras model: it switches TensorFlow to legacy Keras
+(tf-keras), which TensorFlow Model Optimization needs.
+
+Example:
+  >>> import tfadaqat
+  >>> qmodel = tfadaqat.quantize_model(model, method="adaqat")  # doctest: +SKIP
+  >>> tfadaqat.bit_widths(qmodel)  # doctest: +SKIP
+"""
+
+from tfadaqat import _compat  # noqa: F401  (sets up legacy Keras first)
+from tfadaqat import ops
+from tfadaqat.configs import METHODS, LayerQuantizeConfig, make_quantizer
+from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_model,
+                               quantize_scope, quantized_tensors, set_bit_widths)
+from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantizer,
+                                 PACTActivationQuantizer, TensorQuantizer)
+from tfadaqat.report import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "DoReFaWeightQuantizer",
+    "DQQuantizer",
+    "LSQQuantizer",
+    "LayerQuantizeConfig",
+    "PACTActivationQuantizer",
+    "TensorQuantizer",
+    "bit_widths",
+    "flatten_model",
+    "load_model",
+    "make_quantizer",
+    "ops",
+    "quantize_model",
+    "quantize_scope",
+    "quantized_tensors",
+    "set_bit_widths",
+    "summary",
+]

@@ -1,0 +1,140 @@
+"""TFMOT QuantizeConfigs: which tensors of a layer are quantized, and by which quantizer.
+
+One config class serves every layer type: it names the weight attributes to quantize
+(``kernel``, ``depthwise_kernel``; none for Add, pooling, BatchNormalization...) and holds the
+weight quantizer and the output quantizer. :func:`tfadaqat.quantize_model` decides per layer
+which of the two are present (see :mod:`tfadaqat.quantize`); :func:`make_quantizer` builds the
+quantizer of each method for a tensor.
+
+Batch normalization is not folded during training. A convolution followed by
+BatchNormalization is trained as ``BN(conv(x, Q(w)))``: its integer weights are the ones
+:func:`tfadaqat.export_tflite` writes, and BN's inference-time affine map
+``gamma (z - mean) / sqrt(var + eps) + beta`` becomes the per-output-channel scale of those
+integers and the conv bias. That is exact (a per-channel scale does not change the integers,
+a negative ``gamma`` flips the sign of the channel's integers on the symmetric grid), costs
+nothing extra at training time, and keeps BN's batch statistics for training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+from tfadaqat import quantizers as quantizers_lib
+from tfadaqat._compat import base_quantize_config_class, keras
+
+METHODS = ("adaqat", "dq", "lsq")
+
+
+@keras.utils.register_keras_serializable(package="tfadaqat")
+class LayerQuantizeConfig(base_quantize_config_class):
+    """Quantizes the named weights of a layer and, optionally, its output.
+
+    Args:
+      weight_attributes: Names of the layer attributes holding the weights to quantize, e.g.
+        ``("kernel",)``; each gets its own copy of `weight_quantizer`.
+      weight_quantizer: Quantizer (or its serialized form) for the weights, or None.
+      output_quantizer: Quantizer (or its serialized form) for the layer's output, or None.
+
+    Example:
+      >>> config = LayerQuantizeConfig(("kernel",), quantizers_lib.LSQQuantizer(4),
+      ...                              quantizers_lib.LSQQuantizer(4, signed=False))
+      >>> LayerQuantizeConfig.from_config(config.get_config()) == config
+      True
+    """
+
+    def __init__(self, weight_attributes: Sequence[str] = (), weight_quantizer=None,
+                 output_quantizer=None):
+        self.weight_attributes = tuple(weight_attributes)
+        self.weight_quantizer = quantizers_lib.get(weight_quantizer)
+        self.output_quantizer = quantizers_lib.get(output_quantizer)
+        if self.weight_attributes and self.weight_quantizer is None:
+            raise ValueError("weight_attributes were given without a weight_quantizer")
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, name), quantizers_lib.get(
+                    quantizers_lib.serialize(self.weight_quantizer)))
+                for name in self.weight_attributes]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        for name, weight in zip(self.weight_attributes, quantize_weights):
+            setattr(layer, name, weight)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [self.output_quantizer] if self.output_quantizer is not None else []
+
+    def get_config(self) -> Dict[str, Any]:
+        return {"weight_attributes": list(self.weight_attributes),
+                "weight_quantizer": quantizers_lib.serialize(self.weight_quantizer),
+                "output_quantizer": quantizers_lib.serialize(self.output_quantizer)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, LayerQuantizeConfig) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+
+def make_quantizer(method: str, kind: str, *, signed: bool, bits: int, min_bits: int,
+                   max_bits: int, learn_bits: bool = True,
+                   options: Optional[Dict[str, Any]] = None) -> quantizers_lib.TensorQuantizer:
+    """The quantizer `method` uses for a tensor of `kind` ("weight" or "activation").
+
+    Args:
+      method: "adaqat" (DoReFa weights, PACT activations, relaxed learned bits), "dq"
+        (learned step and range) or "lsq" (fixed bits, learned step).
+      kind: "weight" or "activation".
+      signed: Whether the tensor can be negative (weights always are).
+      bits: Initial bit-width (the fixed one for "lsq").
+      min_bits: Lowest bit-width a learned bit-width may reach.
+      max_bits: Highest bit-width a learned bit-width may reach.
+      learn_bits: For "adaqat": keep a relaxed bit-width variable.
+      options: Extra constructor arguments of the method's quantizer, e.g.
+        ``{"parametrization": "U1"}`` for "dq" or ``{"grid": "symmetric"}`` for "adaqat" weights.
+
+    Raises:
+      ValueError: For an unknown `method` or `kind`.
+    """
+    options = dict(options or {})
+    if kind not in quantizers_lib.TENSOR_KINDS:
+        raise ValueError(f"kind must be one of {quantizers_lib.TENSOR_KINDS}, got {kind!r}")
+    if method == "adaqat":
+        if kind == "weight":
+            return quantizers_lib.DoReFaWeightQuantizer(
+                bits=bits, min_bits=min_bits, max_bits=max_bits, learn_bits=learn_bits,
+                **_pick(options, ("grid", "rescale")))
+        return quantizers_lib.PACTActivationQuantizer(
+            bits=bits, min_bits=min_bits, max_bits=max_bits, learn_bits=learn_bits, signed=signed)
+    if method == "dq":
+        return quantizers_lib.DQQuantizer(
+            bits=bits, min_bits=max(min_bits, 2) if signed else min_bits, max_bits=max_bits,
+            signed=signed,
+            **_pick(options, ("parametrization", "power_of_two", "min_step", "max_step")))
+    if method == "lsq":
+        return quantizers_lib.LSQQuantizer(bits=bits, signed=signed, kind=kind)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+
+def validate_options(method: str, options: Dict[str, Any]) -> None:
+    """Raises ValueError for method options that `method` does not take."""
+    allowed = {"adaqat": ("grid", "rescale"),
+               "dq": ("parametrization", "power_of_two", "min_step", "max_step"),
+               "lsq": ()}[method]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {method!r} does not take option(s) {unknown}; "
+                         f"allowed: {list(allowed)}")
+
+
+def _pick(options: Dict[str, Any], names) -> Dict[str, Any]:
+    return {name: options[name] for name in names if name in options}
