@@ -12,10 +12,12 @@ Example:
 from tfadaqat import _compat  # noqa: F401  (sets up legacy Keras first)
 from tfadaqat import ops
 from tfadaqat.configs import METHODS, LayerQuantizeConfig, make_quantizer
+from tfadaqat.model import QuantizedModel
 from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_model,
                                quantize_scope, quantized_tensors, set_bit_widths)
 from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantizer,
                                  PACTActivationQuantizer, TensorQuantizer)
+from tfadaqat.cost import LayerCost, ModelCost, cost
 from tfadaqat.report import summary
 
 __version__ = "0.1.0"
@@ -25,10 +27,14 @@ __all__ = [
     "DoReFaWeightQuantizer",
     "DQQuantizer",
     "LSQQuantizer",
+    "LayerCost",
     "LayerQuantizeConfig",
+    "ModelCost",
     "PACTActivationQuantizer",
+    "QuantizedModel",
     "TensorQuantizer",
     "bit_widths",
+    "cost",
     "flatten_model",
     "load_model",
     "make_quantizer",

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfadaqat import configs as configs_lib
 from tfadaqat import quantizers as quantizers_lib
+from tfadaqat.model import QuantizedModel
 from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, is_keras3_object,
                               keras, tf, tfmot, wrapper_output_quantizer,
                               wrapper_weight_quantizers)
@@ -73,8 +74,9 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         (adaqat); "parametrization", "power_of_two", "min_step", "max_step" (dq).
 
     Returns:
-      A Functional tf-keras model whose layers are TFMOT ``QuantizeWrapperV2`` objects, with the
-      original weights.
+      A :class:`tfadaqat.QuantizedModel` (a Functional tf-keras model) whose quantized layers
+      are TFMOT ``QuantizeWrapperV2`` objects, with the original weights. Its data-dependent
+      quantizer parameters initialise on the first batch of ``fit``/``evaluate``/``predict``.
 
     Raises:
       ValueError: For bad arguments (naming the argument and allowed values), a subclassed,
@@ -149,7 +151,7 @@ def _rebuild_from_config(model):
     optimizer saves its slots in weight order. Returning the model in its loaded form makes a
     saved and reloaded model, optimizer state included, identical to the one trained.
     """
-    rebuilt = keras.Model.from_config(model.get_config())
+    rebuilt = QuantizedModel.from_config(model.get_config())
     source_layers = {layer.name: layer for layer in model.layers}
     for layer in rebuilt.layers:
         values = {_short_name(weight): weight for weight in source_layers[layer.name].weights}
@@ -374,6 +376,7 @@ def quantize_scope():
     """
     objects = {f"tfadaqat>{name}": cls for name, cls in quantizers_lib.QUANTIZER_CLASSES.items()}
     objects["tfadaqat>LayerQuantizeConfig"] = configs_lib.LayerQuantizeConfig
+    objects["tfadaqat>QuantizedModel"] = QuantizedModel
     with tfmot.quantization.keras.quantize_scope(objects):
         yield
 

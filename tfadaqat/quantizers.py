@@ -11,8 +11,8 @@ with the math of :mod:`tfadaqat.ops`. Each one is made of the same parts:
 * **grid** -- signed symmetric or unsigned, see :func:`tfadaqat.ops.integer_range`.
 
 Parameters that depend on data (steps, clips) are initialised from the first tensor the
-quantizer sees, once; an ``initialized`` flag variable records it, so a saved and reloaded
-model never re-initialises.
+quantizer sees in :func:`initialization_mode`; an ``initialized`` flag variable records it, so
+a saved and reloaded model never re-initialises.
 
 Every quantizer serialises all its constructor arguments (``get_config``) and is registered
 with Keras under the package ``"tfadaqat"``.
@@ -20,7 +20,9 @@ with Keras under the package ``"tfadaqat"``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
 from typing import Any, Dict, Optional
 
 from tfadaqat import ops
@@ -42,6 +44,29 @@ def validate_bits(name: str, value: Any, *, low: int = MIN_SUPPORTED_BITS,
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
     return value
+
+
+# A plain module flag, not thread-local: MirroredStrategy traces replicas in their own threads.
+_initialization = types.SimpleNamespace(active=False)
+
+
+@contextlib.contextmanager
+def initialization_mode():
+    """Within this scope, quantizers traced or called assign their data-dependent initial values.
+
+    :class:`tfadaqat.QuantizedModel` traces its first training, test or predict step in this
+    mode and every later step without it, so initialisation costs no per-step branch.
+    """
+    previous = _initialization.active
+    _initialization.active = True
+    try:
+        yield
+    finally:
+        _initialization.active = previous
+
+
+def initialization_active() -> bool:
+    return _initialization.active
 
 
 def _finite(values: tf.Tensor) -> tf.Tensor:
@@ -103,20 +128,15 @@ class TensorQuantizer(base_quantizer_class):
         return type(self)._initial_values is not TensorQuantizer._initial_values
 
     def __call__(self, inputs, training, weights, **kwargs):
-        if "initialized" in weights:
-            self._initialize_once(inputs, weights)
+        if "initialized" in weights and initialization_active():
+            self._initialize(inputs, weights)
         return self._quantize(inputs, weights)
 
-    def _initialize_once(self, inputs, variables) -> None:
-        flag = variables["initialized"]
-
-        def initialize():
-            assignments = [variables[name].assign(value)
-                           for name, value in self._initial_values(inputs).items()]
-            with tf.control_dependencies(assignments):
-                return flag.assign(1.0)
-
-        tf.cond(flag > 0.5, lambda: tf.identity(flag), initialize)
+    def _initialize(self, inputs, variables) -> None:
+        """Assigns the data-dependent initial values (traced only in initialization mode)."""
+        for name, value in self._initial_values(inputs).items():
+            variables[name].assign(value)
+        variables["initialized"].assign(1.0)
 
     def get_config(self) -> Dict[str, Any]:
         raise NotImplementedError

@@ -1,0 +1,88 @@
+"""Training-step time of ResNet20 (32x32x3, batch 128): float vs TFMOT 8-bit vs tfadaqat methods.
+
+All models are built from one float model and timed in this one process, interleaved in many
+short rounds: this machine has bursts where a step takes twice as long whatever the model, so
+each row is timed a few steps at a time, round after round, and the median round is reported.
+Prints images per second and the ratio of each step time to the float one.
+
+Run from the repository root:  python -m bench.step_time [--rounds 5 --steps 5]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from absl import app, flags
+
+import tfadaqat
+from tfadaqat._compat import keras, tf, tfmot
+from models import resnet20
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 128, "Images per training step.")
+flags.DEFINE_integer("steps", 2, "Training steps timed per round and model.")
+flags.DEFINE_integer("rounds", 25, "Interleaved rounds; the median round is reported.")
+flags.DEFINE_list("methods", list(tfadaqat.METHODS), "tfadaqat methods to time.")
+flags.DEFINE_integer("bits", 4, "Weight and activation bits of the tfadaqat models.")
+
+
+def _compiled(model):
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def build_rows(batch_size: int, methods, bits: int):
+    """Returns [(name, compiled model)] all derived from one float ResNet20."""
+    float_model = resnet20()
+    rows = [("float", _compiled(float_model))]
+    with tfmot.quantization.keras.quantize_scope():
+        rows.append(("tfmot default 8-bit",
+                     _compiled(tfmot.quantization.keras.quantize_model(resnet20()))))
+    for method in methods:
+        qmodel = tfadaqat.quantize_model(float_model, method, weight_bits=bits,
+                                         activation_bits=bits)
+        rows.append((f"tfadaqat {method} ({bits}-bit start)", _compiled(qmodel)))
+    return rows
+
+
+def time_rows(rows, batch_size: int, steps: int, rounds: int):
+    """Median seconds per training step of each row, interleaved over `rounds`."""
+    images = tf.random.stateless_uniform((batch_size, 32, 32, 3), seed=(1, 2))
+    labels = tf.random.stateless_uniform((batch_size,), seed=(3, 4), maxval=10, dtype=tf.int32)
+    for _, model in rows:  # warm-up: tracing and first-call initialisation
+        for _ in range(2):
+            model.train_on_batch(images, labels)
+    samples = {name: [] for name, _ in rows}
+    for round_index in range(rounds):
+        for name, model in rows:
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(images, labels)
+            samples[name].append((time.perf_counter() - start) / steps)
+        if (round_index + 1) % 5 == 0:
+            print(f"round {round_index + 1}/{rounds} done", flush=True)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def format_table(medians, batch_size: int) -> str:
+    reference = medians["float"]
+    lines = [f"{'model':34s} {'ms/step':>9s} {'img/s':>8s} {'x float':>8s}"]
+    for name, seconds in medians.items():
+        lines.append(f"{name:34s} {seconds * 1e3:9.1f} {batch_size / seconds:8.1f} "
+                     f"{seconds / reference:8.2f}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    rows = build_rows(FLAGS.batch_size, FLAGS.methods, FLAGS.bits)
+    medians = time_rows(rows, FLAGS.batch_size, FLAGS.steps, FLAGS.rounds)
+    print(f"ResNet20, 32x32x3, batch {FLAGS.batch_size}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
+          f"intra-op threads, median of {FLAGS.rounds} rounds x {FLAGS.steps} steps")
+    print(format_table(medians, FLAGS.batch_size))
+
+
+if __name__ == "__main__":
+    app.run(main)
