@@ -17,7 +17,7 @@ from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_m
                                quantize_scope, quantized_tensors, set_bit_widths)
 from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantizer,
                                  PACTActivationQuantizer, TensorQuantizer)
-from tfadaqat.cost import LayerCost, ModelCost, cost
+from tfadaqat.cost import LayerCost, ModelCost, cost, uniform_bits
 from tfadaqat.report import summary
 
 __version__ = "0.1.0"
@@ -44,4 +44,5 @@ __all__ = [
     "quantized_tensors",
     "set_bit_widths",
     "summary",
+    "uniform_bits",
 ]

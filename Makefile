@@ -1,0 +1,26 @@
+# Two commands a new user needs (see README.md): `make demo` and `make test`.
+# Each creates (or reuses) the virtual environment .venv and installs tfadaqat into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,demo]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m recipes.digits_demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench.step_time
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

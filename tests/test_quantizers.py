@@ -1,0 +1,162 @@
+"""tfadaqat.quantizers: configs, lookup, bit-width access, initialisation, bad arguments."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tfadaqat import quantizers as Q
+from tfadaqat._compat import keras, tf
+from tfadaqat.quantize import quantize_scope
+
+ALL_QUANTIZERS = [
+    Q.DoReFaWeightQuantizer(bits=5, min_bits=3, max_bits=7, grid="symmetric", rescale=False),
+    Q.DoReFaWeightQuantizer(bits=4, learn_bits=False),
+    Q.PACTActivationQuantizer(bits=6, min_bits=2, max_bits=8, signed=True),
+    Q.LSQQuantizer(bits=3, signed=False, kind="activation"),
+    Q.DQQuantizer(bits=5, min_bits=2, max_bits=8, signed=False, parametrization="U2",
+                  power_of_two=True, min_step=2.0**-10, max_step=4.0),
+]
+
+
+def _build(quantizer, shape=(4,)):
+    holder = keras.layers.Layer(name="holder")
+    return quantizer.build(tf.TensorShape(shape), "t", holder)
+
+
+@pytest.mark.parametrize("quantizer", ALL_QUANTIZERS, ids=lambda q: type(q).__name__)
+def test_config_round_trip(quantizer):
+    config = quantizer.get_config()
+    assert type(quantizer).from_config(config) == quantizer
+    assert Q.get(Q.serialize(quantizer)) == quantizer
+    with quantize_scope():
+        restored = keras.utils.deserialize_keras_object(
+            keras.utils.serialize_keras_object(quantizer))
+    assert restored == quantizer
+    # Every constructor argument is in the config.
+    import inspect
+    assert set(inspect.signature(type(quantizer).__init__).parameters) - {"self"} == set(config)
+
+
+def test_get_lookup():
+    assert Q.get(None) is None
+    instance = Q.LSQQuantizer(4)
+    assert Q.get(instance) is instance
+    assert isinstance(Q.get("LSQQuantizer"), Q.LSQQuantizer)
+    assert isinstance(Q.get("tfadaqat>DQQuantizer"), Q.DQQuantizer)
+    with pytest.raises(ValueError, match="Could not interpret quantizer identifier 'nope'"):
+        Q.get("nope")
+    with pytest.raises(ValueError, match="LSQQuantizer"):
+        Q.get(3)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Q.LSQQuantizer(bits=0), "bits must be an integer in 2..16"),
+    (lambda: Q.LSQQuantizer(bits=17, signed=False), "bits must be an integer in 1..16"),
+    (lambda: Q.LSQQuantizer(bits=4, kind="bias"), "kind must be one of"),
+    (lambda: Q.DoReFaWeightQuantizer(min_bits=5, max_bits=4, bits=4), "min_bits .5. must be <="),
+    (lambda: Q.DoReFaWeightQuantizer(bits=9), r"bits must be an integer in 2..8"),
+    (lambda: Q.DoReFaWeightQuantizer(grid="ternary"), "grid must be 'dorefa' or 'symmetric'"),
+    (lambda: Q.DQQuantizer(parametrization="U4"), "parametrization must be one of"),
+    (lambda: Q.DQQuantizer(min_step=1.0, max_step=0.5), "need 0 < min_step < max_step"),
+    (lambda: Q.PACTActivationQuantizer(bits=2.5), "bits must be an integer"),
+])
+def test_bad_arguments_name_the_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_relaxed_bits_read_and_set():
+    quantizer = Q.DoReFaWeightQuantizer(bits=8, min_bits=2, max_bits=8)
+    variables = _build(quantizer)
+    assert int(quantizer.bit_width(variables)) == 8
+    quantizer.set_bit_width(variables, 3)
+    assert float(variables["relaxed_bits"]) == 3.0
+    assert int(quantizer.bit_width(variables)) == 3
+    variables["relaxed_bits"].assign(4.2)  # b = ceil(N)
+    assert int(quantizer.bit_width(variables)) == 5
+    with pytest.raises(ValueError, match="bits must be an integer in 2..8"):
+        quantizer.set_bit_width(variables, 9)
+
+
+def test_fixed_bits_cannot_be_set():
+    for quantizer in (Q.DoReFaWeightQuantizer(bits=4, learn_bits=False), Q.LSQQuantizer(4)):
+        variables = _build(quantizer)
+        assert int(quantizer.bit_width(variables)) == 4
+        with pytest.raises(ValueError, match="fixed"):
+            quantizer.set_bit_width(variables, 3)
+
+
+@pytest.mark.parametrize("parametrization", ["U1", "U2", "U3"])
+def test_dq_bits_set_and_derived(parametrization):
+    quantizer = Q.DQQuantizer(bits=6, signed=True, parametrization=parametrization)
+    variables = _build(quantizer)
+    assert int(quantizer.bit_width(variables)) == 6
+    quantizer.set_bit_width(variables, 3)
+    assert int(quantizer.bit_width(variables)) == 3
+    step, q_max = quantizer.step_and_range(variables)
+    assert float(q_max) == pytest.approx(3 * float(step))
+
+
+def test_dq_parametrizations_agree_on_the_same_step_and_range():
+    x = tf.constant(np.linspace(-3, 3, 61), tf.float32)
+    outputs = []
+    for parametrization in ("U1", "U2", "U3"):
+        quantizer = Q.DQQuantizer(bits=4, signed=True, parametrization=parametrization)
+        variables = _build(quantizer)
+        for name, value in (("step", 0.25), ("q_max", 0.25 * 7), ("relaxed_bits", 4.0)):
+            if name in variables:
+                variables[name].assign(value)
+        outputs.append(quantizer(x, True, variables).numpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
+
+
+def test_learned_and_fixed_bits_compute_the_same():
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, 50)), tf.float32)
+    for bits in (2, 5, 8):
+        fixed = Q.PACTActivationQuantizer(bits=bits, learn_bits=False, signed=True)
+        learned = Q.PACTActivationQuantizer(bits=8, learn_bits=True, signed=True)
+        fixed_vars, learned_vars = _build(fixed), _build(learned)
+        learned.set_bit_width(learned_vars, bits)
+        with Q.initialization_mode():
+            a = fixed(x, True, fixed_vars)
+            b = learned(x, True, learned_vars)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_initialization_only_in_initialization_mode():
+    x = tf.constant([[-4.0, 1.0, 2.0, 3.0]])
+    pact = Q.PACTActivationQuantizer(bits=4, signed=True)
+    variables = _build(pact)
+    pact(x, True, variables)
+    assert float(variables["alpha"]) == 6.0 and float(variables["initialized"]) == 0.0
+    with Q.initialization_mode():
+        pact(x, True, variables)
+    assert float(variables["alpha"]) == 4.0 and float(variables["initialized"]) == 1.0
+
+    lsq = Q.LSQQuantizer(bits=4, signed=True)
+    variables = _build(lsq)
+    with Q.initialization_mode():
+        lsq(x, True, variables)
+    assert float(variables["step"]) == pytest.approx(2 * 2.5 / math.sqrt(7))
+
+    dq = Q.DQQuantizer(bits=4, signed=True)
+    variables = _build(dq)
+    with Q.initialization_mode():
+        dq(x, True, variables)
+    # d = 2^floor(log2(4 / 7)) = 0.5, q_max = 7 d.
+    assert float(variables["step"]) == 0.5
+    assert float(variables["q_max"]) == 3.5
+
+
+def test_nan_in_first_batch_does_not_corrupt_variables():
+    x = tf.constant([[np.nan, np.inf, 1.0, -2.0]])
+    for quantizer in (Q.PACTActivationQuantizer(), Q.LSQQuantizer(4, signed=False),
+                      Q.DQQuantizer(signed=False)):
+        variables = _build(quantizer)
+        with Q.initialization_mode():
+            y = quantizer(x, True, variables)
+        assert y.shape == x.shape
+        for variable in variables.values():
+            assert np.isfinite(variable.numpy()), (type(quantizer).__name__, variable.name)
