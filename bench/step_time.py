@@ -5,7 +5,13 @@ short rounds: this machine has bursts where a step takes twice as long whatever 
 each row is timed a few steps at a time, round after round, and the median round is reported.
 Prints images per second and the ratio of each step time to the float one.
 
-Run from the repository root:  python -m bench.step_time [--rounds 5 --steps 5]
+Scheduling: with TensorFlow's default two inter-op threads on this 2-core machine, identical
+copies of one quantized model were measured persistently 1.2x to 1.7x float, depending on how
+the executor happened to overlap small ops with convolutions. ``--inter_op_threads=1`` (the
+default here) runs ops one after another, each on all cores, which makes every row
+reproducible; pass 0 for TensorFlow's default.
+
+Run from the repository root:  python -m bench.step_time [--rounds 25 --steps 2]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ flags.DEFINE_integer("steps", 2, "Training steps timed per round and model.")
 flags.DEFINE_integer("rounds", 25, "Interleaved rounds; the median round is reported.")
 flags.DEFINE_list("methods", list(tfadaqat.METHODS), "tfadaqat methods to time.")
 flags.DEFINE_integer("bits", 4, "Weight and activation bits of the tfadaqat models.")
+flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow inter-op threads (0: TF's default).")
 
 
 def _compiled(model):
@@ -77,10 +84,13 @@ def format_table(medians, batch_size: int) -> str:
 
 def main(argv):
     del argv
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     rows = build_rows(FLAGS.batch_size, FLAGS.methods, FLAGS.bits)
     medians = time_rows(rows, FLAGS.batch_size, FLAGS.steps, FLAGS.rounds)
-    print(f"ResNet20, 32x32x3, batch {FLAGS.batch_size}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
-          f"intra-op threads, median of {FLAGS.rounds} rounds x {FLAGS.steps} steps")
+    print(f"ResNet20, 32x32x3, batch {FLAGS.batch_size}, inter-op threads "
+          f"{FLAGS.inter_op_threads or 'default'}, median of {FLAGS.rounds} rounds x "
+          f"{FLAGS.steps} steps")
     print(format_table(medians, FLAGS.batch_size))
 
 

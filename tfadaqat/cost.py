@@ -31,8 +31,20 @@ BITS_PER_KB = 8 * 1024
 ACTIVATION_REDUCTIONS = ("max", "sum")
 
 
+class _Kilobytes:
+    """``weight_kb`` and ``activation_kb`` from the ``*_memory_bits`` of a cost."""
+
+    @property
+    def weight_kb(self) -> float:
+        return self.weight_memory_bits / BITS_PER_KB
+
+    @property
+    def activation_kb(self) -> float:
+        return self.activation_memory_bits / BITS_PER_KB
+
+
 @dataclasses.dataclass(frozen=True)
-class LayerCost:
+class LayerCost(_Kilobytes):
     """Cost of one layer. Bits are None where the layer has no such quantized tensor."""
 
     name: str
@@ -46,17 +58,9 @@ class LayerCost:
     activation_elements: int
     activation_memory_bits: int
 
-    @property
-    def weight_kb(self) -> float:
-        return self.weight_memory_bits / BITS_PER_KB
-
-    @property
-    def activation_kb(self) -> float:
-        return self.activation_memory_bits / BITS_PER_KB
-
 
 @dataclasses.dataclass(frozen=True)
-class ModelCost:
+class ModelCost(_Kilobytes):
     """Totals and per-layer rows of :func:`cost`."""
 
     layers: List[LayerCost]
@@ -84,14 +88,6 @@ class ModelCost:
         if not sizes:
             return 0
         return max(sizes) if self.activation_reduce == "max" else sum(sizes)
-
-    @property
-    def weight_kb(self) -> float:
-        return self.weight_memory_bits / BITS_PER_KB
-
-    @property
-    def activation_kb(self) -> float:
-        return self.activation_memory_bits / BITS_PER_KB
 
 
 def _elements(shape) -> int:
