@@ -1,9 +1,10 @@
 """tfadaqat.cost: exact values on a hand-computed two-layer model."""
 
+import numpy as np
 import pytest
 
 import tfadaqat
-from tfadaqat._compat import keras
+from tfadaqat._compat import keras, tf
 
 
 def _two_layer_model():
@@ -55,3 +56,41 @@ def test_bad_reduction():
     qmodel = tfadaqat.quantize_model(_two_layer_model(), "lsq")
     with pytest.raises(ValueError, match=r"activation_reduce must be one of \('max', 'sum'\)"):
         tfadaqat.cost(qmodel, activation_reduce="mean")
+
+
+@pytest.mark.parametrize("method", ["adaqat", "dq", "lsq"])
+def test_differentiable_cost_forward_equals_exact_cost(method):
+    qmodel = tfadaqat.quantize_model(_two_layer_model(), method, weight_bits=5, activation_bits=6)
+    exact = tfadaqat.cost(qmodel, activation_reduce="sum")
+    tensors = tfadaqat.differentiable_cost(qmodel, activation_reduce="sum")
+    assert float(tensors["bitops"]) == exact.bitops
+    assert float(tensors["weight_kb"]) == pytest.approx(exact.weight_kb)
+    assert float(tensors["activation_kb"]) == pytest.approx(exact.activation_kb)
+
+
+def test_adaqat_bitops_gradient_is_macs_times_input_bits():
+    """METHODS.md: d(b_w b_a)/d(b_w) = b_a, so dBitOPs/dN_w = MACs x b_a for each layer."""
+    qmodel = tfadaqat.quantize_model(_two_layer_model(), "adaqat", weight_bits=5,
+                                     activation_bits=6)
+    tensors = {(name, role): variables["relaxed_bits"]
+               for name, role, _, variables, _ in tfadaqat.quantized_tensors(qmodel)}
+    with tf.GradientTape() as tape:
+        tape.watch(list(tensors.values()))  # relaxed bits are not trainable: watch them
+        bitops = tfadaqat.differentiable_cost(qmodel)["bitops"]
+    gradients = tape.gradient(bitops, [tensors[("conv", "kernel")], tensors[("dense", "kernel")],
+                                       tensors[("conv", "output")]])
+    assert [float(g) for g in gradients] == [72 * 6, 24 * 6, 24 * 5]
+
+
+def test_dq_weight_memory_gradient_reaches_step_and_range():
+    qmodel = tfadaqat.quantize_model(_two_layer_model(), "dq", weight_bits=4)
+    variables = next(v for name, role, _, v, _ in tfadaqat.quantized_tensors(qmodel)
+                     if (name, role) == ("conv", "kernel"))
+    with tf.GradientTape() as tape:
+        weight_kb = tfadaqat.differentiable_cost(qmodel)["weight_kb"]
+    d_step, d_q_max = tape.gradient(weight_kb, [variables["step"], variables["q_max"]])
+    # Memory grows with q_max / d: positive in q_max, negative in d.
+    assert float(d_q_max) > 0 > float(d_step)
+    step, q_max = float(variables["step"]), float(variables["q_max"])
+    expected = 18 / 8192 / np.log(2) / (q_max + step)
+    assert float(d_q_max) == pytest.approx(expected, rel=1e-5)

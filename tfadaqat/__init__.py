@@ -17,13 +17,15 @@ from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_m
                                quantize_scope, quantized_tensors, set_bit_widths)
 from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantizer,
                                  PACTActivationQuantizer, TensorQuantizer)
-from tfadaqat.cost import LayerCost, ModelCost, cost, uniform_bits
+from tfadaqat.budget import Budget, budget_penalty
+from tfadaqat.cost import LayerCost, ModelCost, cost, differentiable_cost, uniform_bits
 from tfadaqat.report import summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "Budget",
     "DoReFaWeightQuantizer",
     "DQQuantizer",
     "LSQQuantizer",
@@ -34,7 +36,9 @@ __all__ = [
     "QuantizedModel",
     "TensorQuantizer",
     "bit_widths",
+    "budget_penalty",
     "cost",
+    "differentiable_cost",
     "flatten_model",
     "load_model",
     "make_quantizer",

@@ -19,7 +19,7 @@ accelerator must buffer) or ``sum``. ``KB`` means 1024 bytes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -99,6 +99,72 @@ def _positions(shape) -> int:
     return int(np.prod([int(d) for d in shape[1:-1]], dtype=np.int64)) if len(shape) > 2 else 1
 
 
+TensorKey = Tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _LayerTerms:
+    """The static part of a layer's cost; bits are looked up by tensor key when evaluated."""
+
+    name: str
+    kernel_key: Optional[TensorKey]
+    input_key: Optional[TensorKey]
+    output_key: Optional[TensorKey]
+    kernel_elements: int
+    bias_elements: int
+    float_params: int
+    macs: int
+    activation_elements: int
+
+
+def _cost_terms(model) -> List[_LayerTerms]:
+    """Walks the model graph once: MACs, element counts, and which quantized tensor feeds what."""
+    quantized = {(name, role) for name, role, _, _, _ in quantized_tensors(model)}
+    carried: Dict[str, Optional[TensorKey]] = {}  # wrapper name -> quantized tensor it outputs
+    terms: List[_LayerTerms] = []
+    nodes_by_depth = functional_nodes_by_depth(model)
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
+            layer = node.layer
+            inner = layer.layer if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) \
+                else layer
+            inbound = [t._keras_history.layer for t in tf.nest.flatten(node.keras_inputs)]
+            upstream = [carried.get(p.name) for p in inbound]
+            input_key = upstream[0] if len(upstream) == 1 else None
+            output_key = (inner.name, "output") if (inner.name, "output") in quantized else None
+            if output_key is None and not isinstance(inner, keras.layers.InputLayer):
+                carried[layer.name] = input_key  # shape-only and fused layers keep the grid
+            else:
+                carried[layer.name] = output_key
+            output = tf.nest.flatten(node.outputs)[0]
+            attributes = WEIGHT_ATTRIBUTES.get(type(inner))
+            macs = kernel_elements = bias_elements = float_params = 0
+            kernel_key = None
+            if attributes is not None:
+                kernel_elements = int(np.prod(getattr(inner, attributes[0]).shape))
+                macs = _positions(output.shape) * kernel_elements
+                bias = getattr(inner, "bias", None)
+                bias_elements = int(np.prod(bias.shape)) if bias is not None else 0
+                if (inner.name, attributes[0]) in quantized:
+                    kernel_key = (inner.name, attributes[0])
+            elif not isinstance(inner, keras.layers.BatchNormalization):
+                float_params = sum(int(np.prod(w.shape)) for w in inner.weights)
+            if macs == 0 and float_params == 0 and output_key is None:
+                continue
+            terms.append(_LayerTerms(
+                name=inner.name, kernel_key=kernel_key,
+                input_key=input_key if macs else None, output_key=output_key,
+                kernel_elements=kernel_elements, bias_elements=bias_elements,
+                float_params=float_params, macs=macs,
+                activation_elements=_elements(output.shape) if output_key else 0))
+    return terms
+
+
+def _current_bits(model) -> Dict[TensorKey, int]:
+    return {(name, role): int(quantizer.bit_width(variables))
+            for name, role, quantizer, variables, _ in quantized_tensors(model)}
+
+
 def cost(model, *, activation_reduce: str = "max",
          bits: Optional[Dict[str, Dict[str, int]]] = None) -> ModelCost:
     """Exact MACs, BitOPs and memory of `model` at its current (or the given) integer bits.
@@ -116,65 +182,64 @@ def cost(model, *, activation_reduce: str = "max",
     Raises:
       ValueError: For an unknown `activation_reduce`.
     """
+    _check_reduction(activation_reduce)
+    lookup = _current_bits(model)
+    for layer_name, roles in (bits or {}).items():
+        for role, value in roles.items():
+            lookup[(layer_name, role)] = value
+    rows = []
+    for terms in _cost_terms(model):
+        weight_bits = lookup[terms.kernel_key] if terms.kernel_key else None
+        input_bits = lookup[terms.input_key] if terms.input_key else None
+        activation_bits = lookup[terms.output_key] if terms.output_key else None
+        rows.append(LayerCost(
+            name=terms.name, weight_bits=weight_bits, input_bits=input_bits,
+            activation_bits=activation_bits,
+            params=terms.kernel_elements + terms.bias_elements + terms.float_params,
+            macs=terms.macs,
+            bitops=terms.macs * (weight_bits or FLOAT_BITS) * (input_bits or FLOAT_BITS),
+            weight_memory_bits=(terms.kernel_elements * (weight_bits or FLOAT_BITS)
+                                + (terms.bias_elements + terms.float_params) * FLOAT_BITS),
+            activation_elements=terms.activation_elements,
+            activation_memory_bits=terms.activation_elements * (activation_bits or 0)))
+    return ModelCost(layers=rows, activation_reduce=activation_reduce)
+
+
+def differentiable_cost(model, *, activation_reduce: str = "max") -> Dict[str, tf.Tensor]:
+    """The totals of :func:`cost` as float32 tensors that carry gradients to learned bit-widths.
+
+    Each quantized tensor contributes :meth:`~tfadaqat.TensorQuantizer.differentiable_bit_width`:
+    the integer bits forward, the gradient of the relaxed bit-width backward (DQ: through ``d``
+    and ``q_max``; AdaQAT: through ``N``; fixed bits: none). The forward values equal
+    ``cost(model).bitops``, ``weight_kb`` and ``activation_kb``.
+
+    Returns:
+      ``{"bitops": ..., "weight_kb": ..., "activation_kb": ...}``.
+    """
+    _check_reduction(activation_reduce)
+    bits = {(name, role): quantizer.differentiable_bit_width(variables)
+            for name, role, quantizer, variables, _ in quantized_tensors(model)}
+    float_bits = tf.constant(float(FLOAT_BITS))
+    bitops, weight_bits, activations = tf.constant(0.0), tf.constant(0.0), []
+    for terms in _cost_terms(model):
+        kernel = bits[terms.kernel_key] if terms.kernel_key else float_bits
+        entering = bits[terms.input_key] if terms.input_key else float_bits
+        bitops += float(terms.macs) * kernel * entering
+        weight_bits += (float(terms.kernel_elements) * kernel
+                        + float(terms.bias_elements + terms.float_params) * float_bits)
+        if terms.output_key:
+            activations.append(float(terms.activation_elements) * bits[terms.output_key])
+    stacked = tf.stack(activations) if activations else tf.zeros([1])
+    activation_bits = (tf.reduce_max(stacked) if activation_reduce == "max"
+                       else tf.reduce_sum(stacked))
+    return {"bitops": bitops, "weight_kb": weight_bits / BITS_PER_KB,
+            "activation_kb": activation_bits / BITS_PER_KB}
+
+
+def _check_reduction(activation_reduce: str) -> None:
     if activation_reduce not in ACTIVATION_REDUCTIONS:
         raise ValueError(f"activation_reduce must be one of {ACTIVATION_REDUCTIONS}, "
                          f"got {activation_reduce!r}")
-    current: Dict[str, Dict[str, int]] = {}
-    for layer_name, role, quantizer, variables, _ in quantized_tensors(model):
-        current.setdefault(layer_name, {})[role] = int(quantizer.bit_width(variables))
-    for layer_name, roles in (bits or {}).items():
-        current.setdefault(layer_name, {}).update(roles)
-
-    output_bits: Dict[str, Optional[int]] = {}
-    rows: List[LayerCost] = []
-    nodes_by_depth = functional_nodes_by_depth(model)
-    for depth in sorted(nodes_by_depth, reverse=True):
-        for node in nodes_by_depth[depth]:
-            layer = node.layer
-            inner = layer.layer if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) \
-                else layer
-            name = inner.name
-            inbound = [t._keras_history.layer for t in tf.nest.flatten(node.keras_inputs)]
-            upstream = [output_bits.get(p.name) for p in inbound]
-            input_bits = upstream[0] if len(upstream) == 1 else None
-            own = current.get(name, {})
-            if "output" in own:
-                output_bits[layer.name] = own["output"]
-            elif isinstance(inner, keras.layers.InputLayer):
-                output_bits[layer.name] = None
-            else:
-                # Shape-only and fused layers carry the grid of what enters them.
-                output_bits[layer.name] = input_bits
-            attributes = WEIGHT_ATTRIBUTES.get(type(inner))
-            macs = params = weight_memory = 0
-            weight_bits = None
-            if attributes is not None:
-                kernel = getattr(inner, attributes[0])
-                kernel_elements = int(np.prod(kernel.shape))
-                output_shape = node.outputs.shape if hasattr(node.outputs, "shape") \
-                    else tf.nest.flatten(node.outputs)[0].shape
-                macs = _positions(output_shape) * kernel_elements
-                weight_bits = own.get(attributes[0])
-                bias = getattr(inner, "bias", None)
-                bias_elements = int(np.prod(bias.shape)) if bias is not None else 0
-                params = kernel_elements + bias_elements
-                weight_memory = kernel_elements * (weight_bits or FLOAT_BITS) \
-                    + bias_elements * FLOAT_BITS
-            elif not isinstance(inner, keras.layers.BatchNormalization):
-                for weight in inner.weights:
-                    params += int(np.prod(weight.shape))
-                weight_memory = params * FLOAT_BITS
-            activation_bits = own.get("output")
-            elements = _elements(tf.nest.flatten(node.outputs)[0].shape) if activation_bits else 0
-            bitops = macs * (weight_bits or FLOAT_BITS) * (input_bits or FLOAT_BITS)
-            if macs == 0 and params == 0 and activation_bits is None:
-                continue
-            rows.append(LayerCost(
-                name=name, weight_bits=weight_bits, input_bits=input_bits if macs else None,
-                activation_bits=activation_bits, params=params, macs=macs, bitops=bitops,
-                weight_memory_bits=weight_memory, activation_elements=elements,
-                activation_memory_bits=elements * (activation_bits or 0)))
-    return ModelCost(layers=rows, activation_reduce=activation_reduce)
 
 
 def uniform_bits(model, bits: int) -> Dict[str, Dict[str, int]]:

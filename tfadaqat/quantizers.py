@@ -105,6 +105,19 @@ class TensorQuantizer(base_quantizer_class):
         """Sets the bit-width in use to `bits`."""
         raise ValueError(f"{type(self).__name__} has a fixed bit-width; it cannot be set")
 
+    def differentiable_bit_width(self, variables: Dict[str, tf.Variable]) -> tf.Tensor:
+        """The integer bit-width as a float32 tensor, with a gradient where the bits are learned.
+
+        Forward: the same value as :meth:`bit_width`. Gradient: that of the quantizer's relaxed
+        bit-width (straight through the rounding); zero for fixed bits.
+        """
+        return tf.cast(self.bit_width(variables), tf.float32)
+
+    @property
+    def lowest_bits(self) -> int:
+        """The smallest bit-width this quantizer can reach."""
+        raise NotImplementedError
+
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
         variables: Dict[str, tf.Variable] = {}
         for variable_name, (initial, trainable) in self._variable_specs().items():
@@ -180,6 +193,16 @@ class _RelaxedBitsMixin:
 
     def _bits_in_use(self, variables):
         return self.bit_width(variables) if self.learn_bits else self.bits
+
+    def differentiable_bit_width(self, variables):
+        if not self.learn_bits:
+            return tf.constant(float(self.bits))
+        return ops.straight_through(
+            variables["relaxed_bits"], tf.cast(self.bit_width(variables), tf.float32))
+
+    @property
+    def lowest_bits(self) -> int:
+        return self.min_bits if self.learn_bits else self.bits
 
     def set_bit_width(self, variables, bits: int) -> None:
         if not self.learn_bits:
@@ -338,6 +361,10 @@ class LSQQuantizer(TensorQuantizer):
     def bit_width(self, variables):
         return tf.constant(self.bits, tf.int32)
 
+    @property
+    def lowest_bits(self) -> int:
+        return self.bits
+
     def _quantize(self, tensor, variables):
         shape = tensor.shape if self.kind == "weight" else tensor.shape[1:]
         elements = shape.num_elements() or 1
@@ -464,6 +491,18 @@ class DQQuantizer(TensorQuantizer):
     def bit_width(self, variables):
         step, q_max = self.step_and_range(variables)
         return ops.dq_bits(step, q_max, signed=self.signed)
+
+    @property
+    def lowest_bits(self) -> int:
+        return self.min_bits
+
+    def differentiable_bit_width(self, variables):
+        """``ceil(log2(q_max/d + 1)) (+ 1)`` forward (on the grid, as :meth:`bit_width`);
+        gradient of the relaxed ``log2(q_max/d + 1) (+ 1)`` with respect to ``d`` and ``q_max``.
+        """
+        step, q_max = self.step_and_range(variables)
+        relaxed = tf.math.log(q_max / step + 1.0) / math.log(2.0) + (1.0 if self.signed else 0.0)
+        return ops.straight_through(relaxed, tf.cast(self.bit_width(variables), tf.float32))
 
     def set_bit_width(self, variables, bits: int) -> None:
         validate_bits("bits", bits, low=self.min_bits, high=self.max_bits)
