@@ -1,10 +1,11 @@
 """tfadaqat.model: first-batch initialisation without a per-step branch."""
 
 import numpy as np
+import pytest
 
 import tfadaqat
 from tests.conftest import small_resnet
-from tfadaqat._compat import keras
+from tfadaqat._compat import keras, tf
 
 
 def _initialized_flags(model):
@@ -33,3 +34,78 @@ def test_initialize_quantizers_explicitly():
     qmodel.initialize_quantizers(x * 3)  # already initialised: nothing changes
     for before, after in zip(weights, qmodel.weights):
         np.testing.assert_array_equal(before, after.numpy())
+
+
+def _budget_problem():
+    rng = np.random.default_rng(1)
+    return (rng.normal(size=(256, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 256))
+
+
+def _dq_with_budget(budget):
+    qmodel = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=8, activation_bits=8,
+                                     budget=budget)
+    qmodel.compile(keras.optimizers.Adam(1e-2),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return qmodel
+
+
+def test_dq_meets_a_budget_within_a_few_epochs():
+    keras.utils.set_random_seed(0)
+    images, labels = _budget_problem()
+    budget = tfadaqat.Budget.relative(weight_kb=0.5, activation_kb=0.5)
+    qmodel = _dq_with_budget(budget)
+    start = tfadaqat.cost(qmodel)
+    history = qmodel.fit(images, labels, epochs=8, batch_size=32, verbose=0)
+    final = tfadaqat.cost(qmodel)
+    assert start.weight_kb > qmodel.budget.weight_kb  # the 8-bit start is over budget
+    assert final.weight_kb <= 1.02 * qmodel.budget.weight_kb
+    assert final.activation_kb <= 1.02 * qmodel.budget.activation_kb
+    assert history.history["budget_penalty"][-1] == 0.0
+    kernel_bits = {bits["kernel"] for bits in tfadaqat.bit_widths(qmodel).values()
+                   if "kernel" in bits}
+    assert max(kernel_bits) < 8
+
+
+def test_budget_survives_save_and_load(tmp_path):
+    images, labels = _budget_problem()
+    qmodel = _dq_with_budget(tfadaqat.Budget(weight_kb=0.3))
+    qmodel.fit(images[:64], labels[:64], epochs=1, batch_size=32, verbose=0)
+    path = str(tmp_path / "budget.keras")
+    qmodel.save(path)
+    loaded = tfadaqat.load_model(path)
+    assert loaded.budget == qmodel.budget
+    assert loaded._tfadaqat_cost_weights == qmodel._tfadaqat_cost_weights
+    history = loaded.fit(images[:64], labels[:64], epochs=1, batch_size=32, verbose=0)
+    assert "budget_penalty" in history.history
+
+
+def test_range_gradients_are_clipped_to_the_step_while_the_penalty_is_active():
+    qmodel = _dq_with_budget(tfadaqat.Budget(weight_kb=0.3))
+    qmodel.initialize_quantizers(_budget_problem()[0][:8])
+    variables = qmodel.trainable_variables
+    large = [tf.fill(tf.shape(v), 100.0) for v in variables]
+    active = qmodel._clip_range_gradients(variables, large, tf.constant(True))
+    inactive = qmodel._clip_range_gradients(variables, large, tf.constant(False))
+    clipped_names = set()
+    for variable, gradient, untouched in zip(variables, active, inactive):
+        short = variable.name.split(":")[0].split("/")[-1]
+        np.testing.assert_array_equal(untouched.numpy(), 100.0)
+        if short.endswith("_step") or short.endswith("_q_max"):
+            assert float(gradient) < 100.0
+            clipped_names.add(short)
+        else:
+            np.testing.assert_array_equal(gradient.numpy(), 100.0)
+    assert {"kernel_step", "kernel_q_max", "output_step", "output_q_max"} <= clipped_names
+
+
+@pytest.mark.parametrize("method, budget, cost_weight, error, message", [
+    ("lsq", tfadaqat.Budget(bitops=1e9), 1.0, ValueError, "fixed bit-widths"),
+    ("adaqat", tfadaqat.Budget(bitops=1e9), 1.0, NotImplementedError, "method='dq'"),
+    ("dq", {"bitops": 1e9}, 1.0, TypeError, "budget must be a tfadaqat.Budget"),
+    ("dq", tfadaqat.Budget(bitops=1e9), -1.0, ValueError, "cost_weight must be a non-negative"),
+    ("dq", tfadaqat.Budget(bitops=1e9), {"flops": 1.0}, ValueError, "cost_weight keys"),
+    ("dq", tfadaqat.Budget.relative(bitops=0.01), 1.0, ValueError, "smallest reachable cost"),
+])
+def test_bad_budget_arguments(method, budget, cost_weight, error, message):
+    with pytest.raises(error, match=message):
+        tfadaqat.quantize_model(small_resnet(), method, budget=budget, cost_weight=cost_weight)

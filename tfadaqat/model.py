@@ -7,17 +7,109 @@ traced in :func:`tfadaqat.quantizers.initialization_mode`, where quantizers assi
 initial values; every later step runs a second trace without those assignments, so training
 pays for no per-step branch. A model whose quantizers are already initialised (for instance a
 reloaded one) goes straight to the plain trace.
+
+With a budget (``quantize_model(..., method="dq", budget=...)``) its ``train_step`` adds DQ's
+penalty on the differentiable cost to the loss, and while the penalty is active clips the
+gradients of each DQ step ``d`` and range ``q_max`` to ``[-d, d]`` (the authors' stabiliser).
+The budget is part of the model config, so it survives ``save`` and ``load_model``.
 """
 
 from __future__ import annotations
 
-from tfadaqat._compat import keras
-from tfadaqat.quantizers import initialization_mode
+import dataclasses
+from typing import Dict, Optional
+
+from tfadaqat._compat import keras, tf
+from tfadaqat.quantizers import DQQuantizer, initialization_mode
+
+_BUDGET_CONFIG_KEY = "tfadaqat_budget"
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
 class QuantizedModel(keras.Model):
     """A Functional model of quantized layers whose quantizers initialise on the first batch."""
+
+    _tfadaqat_budget = None
+    _tfadaqat_cost_weights: Optional[Dict[str, float]] = None
+
+    @property
+    def budget(self):
+        """The absolute :class:`tfadaqat.Budget` trained towards, or None."""
+        return self._tfadaqat_budget
+
+    def set_budget(self, budget, cost_weights: Dict[str, float]) -> None:
+        """Trains towards the absolute `budget` with penalty weights ``lambda_j`` = `cost_weights`.
+
+        Raises:
+          ValueError: For a relative budget (resolve it first) or a missing weight.
+        """
+        if budget.relative_to_8bit:
+            raise ValueError("set_budget needs an absolute budget: call budget.resolve(model)")
+        missing = [name for name in ("bitops", "weight_kb", "activation_kb")
+                   if budget.limit(name) is not None and name not in cost_weights]
+        if missing:
+            raise ValueError(f"cost_weights has no weight for the bounded quantities {missing}")
+        self._tfadaqat_budget = budget
+        self._tfadaqat_cost_weights = {k: float(v) for k, v in cost_weights.items()}
+        self.train_function = None
+
+    def get_config(self):
+        config = super().get_config()
+        if self._tfadaqat_budget is not None:
+            config[_BUDGET_CONFIG_KEY] = {"budget": dataclasses.asdict(self._tfadaqat_budget),
+                                          "cost_weights": dict(self._tfadaqat_cost_weights)}
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        budget_config = config.pop(_BUDGET_CONFIG_KEY, None)
+        model = super().from_config(config, custom_objects)
+        if budget_config is not None:
+            from tfadaqat.budget import Budget  # budget -> cost -> quantize imports this module
+            model.set_budget(Budget(**budget_config["budget"]), budget_config["cost_weights"])
+        return model
+
+    def train_step(self, data):
+        if self._tfadaqat_budget is None:
+            return super().train_step(data)
+        from tfadaqat.budget import budget_penalty  # see from_config
+        from tfadaqat.cost import differentiable_cost
+        budget = self._tfadaqat_budget
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
+            sizes = differentiable_cost(self, activation_reduce=budget.activation_reduce)
+            penalty = budget_penalty(sizes, budget, self._tfadaqat_cost_weights)
+            # Gradients are summed over replicas; the penalty is the same on each.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            total = loss + penalty / replicas
+        variables = self.trainable_variables
+        gradients = tape.gradient(total, variables)
+        gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        metrics = self.compute_metrics(x, y, y_pred, sample_weight)
+        metrics["budget_penalty"] = penalty
+        return metrics
+
+    def _clip_range_gradients(self, variables, gradients, active):
+        """Clips the gradients of DQ's ``d`` and ``q_max`` to ``[-d, d]`` where `active`."""
+        from tfadaqat.quantize import quantized_tensors  # see from_config
+        steps = {}
+        for _, _, quantizer, quantizer_variables, _ in quantized_tensors(self):
+            if isinstance(quantizer, DQQuantizer):
+                step, _ = quantizer.step_and_range(quantizer_variables)
+                for name in ("step", "q_max"):
+                    if name in quantizer_variables:
+                        steps[quantizer_variables[name].ref()] = step
+        clipped = []
+        for variable, gradient in zip(variables, gradients):
+            step = steps.get(variable.ref())
+            if step is not None and gradient is not None:
+                gradient = tf.where(active, tf.clip_by_value(gradient, -step, step), gradient)
+            clipped.append(gradient)
+        return clipped
 
     def quantizers_initialized(self) -> bool:
         """Whether every quantizer with data-dependent parameters has been initialised."""

@@ -55,7 +55,8 @@ _INPUT_POINT_SUFFIX = "_quantize_point"
 def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                    activation_bits: int = 8, min_bits: int = 2, max_bits: int = 8,
                    skip: Sequence[str] = (), learn_bits: bool = True,
-                   quantize_inputs: bool = True, **method_options):
+                   quantize_inputs: bool = True, budget=None, cost_weight=1.0,
+                   **method_options):
     """Returns a copy of `model` ready for quantization-aware training with learned bit-widths.
 
     Args:
@@ -70,6 +71,11 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       skip: Names of layers to leave in float.
       learn_bits: For "adaqat": keep relaxed bit-width variables (False fixes the bits).
       quantize_inputs: Quantize the model inputs (signed grid).
+      budget: A :class:`tfadaqat.Budget` the learned bit-widths must meet by the end of ``fit``
+        ("dq" only in this version). It is resolved against this model at once.
+      cost_weight: A float ``c``, giving DQ's penalty weights ``lambda_j = c / budget_j^2``
+        (so the penalty is ``c sum_j (excess_j / budget_j)^2``, one scale for BitOPs and KB), or
+        a dict of explicit ``lambda_j`` by quantity ("bitops", "weight_kb", "activation_kb").
       **method_options: Constructor options of the method's quantizers: "grid", "rescale"
         (adaqat); "parametrization", "power_of_two", "min_step", "max_step" (dq).
 
@@ -80,7 +86,10 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
 
     Raises:
       ValueError: For bad arguments (naming the argument and allowed values), a subclassed,
-        Keras 3 or already quantized model, or `skip` naming a missing layer.
+        Keras 3 or already quantized model, `skip` naming a missing layer, or a budget that
+        the model cannot reach (the message states the smallest reachable cost).
+      NotImplementedError: For a budget with method "adaqat" (its finite-difference rule is
+        not implemented yet).
 
     Example:
       >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -104,6 +113,7 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         raise ValueError(f"weight_bits must be an integer in 2..16 (signed weights need 2 bits), "
                          f"got {weight_bits}")
     configs_lib.validate_options(method, method_options)
+    _check_budget_arguments(method, budget, cost_weight)
     _check_model(model)
     if isinstance(skip, str):
         skip = (skip,)
@@ -140,7 +150,45 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         annotated = keras.models.clone_model(flat, clone_function=annotate)
         applied = tfmot.quantization.keras.quantize_apply(
             annotated, scheme=_AnnotatedOnlyScheme(), quantized_layer_name_prefix="quant_")
-        return _rebuild_from_config(applied)
+        quantized = _rebuild_from_config(applied)
+    if budget is not None:
+        resolved = budget.resolve(quantized)
+        quantized.set_budget(resolved, _penalty_weights(resolved, cost_weight))
+    return quantized
+
+
+def _check_budget_arguments(method: str, budget, cost_weight) -> None:
+    from tfadaqat.budget import QUANTITIES, Budget  # budget -> cost -> this module
+    if budget is None:
+        return
+    if not isinstance(budget, Budget):
+        raise TypeError(f"budget must be a tfadaqat.Budget, got {type(budget).__name__}")
+    if method == "lsq":
+        raise ValueError("method 'lsq' has fixed bit-widths and cannot learn to meet a budget; "
+                         "use method 'dq' (or 'adaqat' once its budget rule lands)")
+    if method == "adaqat":
+        raise NotImplementedError(
+            "budget= is implemented for method='dq' in this version; AdaQAT's finite-difference "
+            "bit-width rule is not implemented yet")
+    if isinstance(cost_weight, dict):
+        unknown = sorted(set(cost_weight) - set(QUANTITIES))
+        if unknown:
+            raise ValueError(f"cost_weight keys must be among {QUANTITIES}, got {unknown}")
+        values = list(cost_weight.values())
+    else:
+        values = [cost_weight]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"cost_weight must be a non-negative number or a dict of them, "
+                             f"got {cost_weight!r}")
+
+
+def _penalty_weights(budget, cost_weight) -> Dict[str, float]:
+    from tfadaqat.budget import QUANTITIES  # see _check_budget_arguments
+    if isinstance(cost_weight, dict):
+        return dict(cost_weight)
+    return {name: float(cost_weight) / budget.limit(name) ** 2
+            for name in QUANTITIES if budget.limit(name) is not None}
 
 
 def _rebuild_from_config(model):
