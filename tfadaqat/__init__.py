@@ -18,13 +18,16 @@ from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_m
 from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantizer,
                                  PACTActivationQuantizer, TensorQuantizer)
 from tfadaqat.budget import Budget, budget_penalty
+from tfadaqat.callbacks import BitWidthLogger
 from tfadaqat.cost import LayerCost, ModelCost, cost, differentiable_cost, uniform_bits
+from tfadaqat.plots import plot_bit_widths
 from tfadaqat.report import summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "BitWidthLogger",
     "Budget",
     "DoReFaWeightQuantizer",
     "DQQuantizer",
@@ -43,6 +46,7 @@ __all__ = [
     "load_model",
     "make_quantizer",
     "ops",
+    "plot_bit_widths",
     "quantize_model",
     "quantize_scope",
     "quantized_tensors",
