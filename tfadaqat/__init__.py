@@ -11,6 +11,7 @@ Example:
 
 from tfadaqat import _compat  # noqa: F401  (sets up legacy Keras first)
 from tfadaqat import ops
+from tfadaqat.adaqat import AdaQATRule
 from tfadaqat.configs import METHODS, LayerQuantizeConfig, make_quantizer
 from tfadaqat.model import QuantizedModel
 from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_model,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "AdaQATRule",
     "BitWidthLogger",
     "Budget",
     "DoReFaWeightQuantizer",

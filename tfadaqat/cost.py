@@ -205,13 +205,20 @@ def cost(model, *, activation_reduce: str = "max",
     return ModelCost(layers=rows, activation_reduce=activation_reduce)
 
 
-def differentiable_cost(model, *, activation_reduce: str = "max") -> Dict[str, tf.Tensor]:
+def differentiable_cost(model, *, activation_reduce: str = "max",
+                        mac_weighted: bool = True) -> Dict[str, tf.Tensor]:
     """The totals of :func:`cost` as float32 tensors that carry gradients to learned bit-widths.
 
     Each quantized tensor contributes :meth:`~tfadaqat.TensorQuantizer.differentiable_bit_width`:
     the integer bits forward, the gradient of the relaxed bit-width backward (DQ: through ``d``
     and ``q_max``; AdaQAT: through ``N``; fixed bits: none). The forward values equal
     ``cost(model).bitops``, ``weight_kb`` and ``activation_kb``.
+
+    Args:
+      model: A model returned by :func:`tfadaqat.quantize_model`.
+      activation_reduce: "max" or "sum" over the quantized activation tensors.
+      mac_weighted: False counts every layer with weights as one MAC, so ``bitops`` becomes
+        ``sum_layers b_w b_a``: AdaQAT's per-layer cost, ``d/d(b_w) = b_a``.
 
     Returns:
       ``{"bitops": ..., "weight_kb": ..., "activation_kb": ...}``.
@@ -224,7 +231,8 @@ def differentiable_cost(model, *, activation_reduce: str = "max") -> Dict[str, t
     for terms in _cost_terms(model):
         kernel = bits[terms.kernel_key] if terms.kernel_key else float_bits
         entering = bits[terms.input_key] if terms.input_key else float_bits
-        bitops += float(terms.macs) * kernel * entering
+        if terms.macs:
+            bitops += (float(terms.macs) if mac_weighted else 1.0) * kernel * entering
         weight_bits += (float(terms.kernel_elements) * kernel
                         + float(terms.bias_elements + terms.float_params) * float_bits)
         if terms.output_key:

@@ -23,6 +23,7 @@ from tfadaqat._compat import keras, tf
 from tfadaqat.quantizers import DQQuantizer, initialization_mode
 
 _BUDGET_CONFIG_KEY = "tfadaqat_budget"
+_RULE_CONFIG_KEY = "tfadaqat_adaqat_rule"
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
@@ -31,6 +32,17 @@ class QuantizedModel(keras.Model):
 
     _tfadaqat_budget = None
     _tfadaqat_cost_weights: Optional[Dict[str, float]] = None
+    _tfadaqat_rule = None
+
+    @property
+    def adaqat_rule(self):
+        """The :class:`tfadaqat.adaqat.AdaQATRule` learning AdaQAT bit-widths in ``fit``, or None."""
+        return self._tfadaqat_rule
+
+    def set_adaqat_rule(self, rule) -> None:
+        """Learns AdaQAT bit-widths with `rule` during ``fit`` (None: bit-widths stay put)."""
+        self._tfadaqat_rule = rule
+        self.train_function = None
 
     @property
     def budget(self):
@@ -58,40 +70,74 @@ class QuantizedModel(keras.Model):
         if self._tfadaqat_budget is not None:
             config[_BUDGET_CONFIG_KEY] = {"budget": dataclasses.asdict(self._tfadaqat_budget),
                                           "cost_weights": dict(self._tfadaqat_cost_weights)}
+        if self._tfadaqat_rule is not None:
+            config[_RULE_CONFIG_KEY] = dataclasses.asdict(self._tfadaqat_rule)
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         budget_config = config.pop(_BUDGET_CONFIG_KEY, None)
+        rule_config = config.pop(_RULE_CONFIG_KEY, None)
         model = super().from_config(config, custom_objects)
         if budget_config is not None:
             from tfadaqat.budget import Budget  # budget -> cost -> quantize imports this module
             model.set_budget(Budget(**budget_config["budget"]), budget_config["cost_weights"])
+        if rule_config is not None:
+            from tfadaqat.adaqat import AdaQATRule  # see above
+            model.set_adaqat_rule(AdaQATRule(**rule_config))
         return model
 
     def train_step(self, data):
-        if self._tfadaqat_budget is None:
+        budget, rule = self._tfadaqat_budget, self._tfadaqat_rule
+        if budget is None and rule is None:
             return super().train_step(data)
         from tfadaqat.budget import budget_penalty  # see from_config
         from tfadaqat.cost import differentiable_cost
-        budget = self._tfadaqat_budget
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight)
-            sizes = differentiable_cost(self, activation_reduce=budget.activation_reduce)
-            penalty = budget_penalty(sizes, budget, self._tfadaqat_cost_weights)
-            # Gradients are summed over replicas; the penalty is the same on each.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            total = loss + penalty / replicas
+            total = loss
+            if budget is not None:
+                sizes = differentiable_cost(self, activation_reduce=budget.activation_reduce)
+                penalty = budget_penalty(sizes, budget, self._tfadaqat_cost_weights)
+                # Gradients are summed over replicas; the penalty is the same on each.
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                total = loss + penalty / replicas
         variables = self.trainable_variables
         gradients = tape.gradient(total, variables)
-        gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
+        if budget is not None:
+            gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
         self.optimizer.apply_gradients(zip(gradients, variables))
         metrics = self.compute_metrics(x, y, y_pred, sample_weight)
-        metrics["budget_penalty"] = penalty
+        if budget is not None:
+            metrics["budget_penalty"] = penalty
+        if rule is not None:
+            self._adaqat_probe(rule, x, y, sample_weight, y_pred)
         return metrics
+
+    def _plain_loss(self, y, y_pred, sample_weight):
+        """The compiled loss without touching the loss metric (for comparing two forwards)."""
+        if isinstance(self.loss, (list, tuple, dict)):
+            raise ValueError("AdaQAT's bit-width rule needs a single compiled loss, got "
+                             f"{type(self.loss).__name__}")
+        loss_fn = keras.losses.get(self.loss)
+        if isinstance(loss_fn, keras.losses.Loss):
+            return loss_fn(y, y_pred, sample_weight=sample_weight)
+        values = loss_fn(y, y_pred)
+        if sample_weight is not None:
+            values = values * sample_weight
+        return tf.reduce_mean(values)
+
+    def _adaqat_probe(self, rule, x, y, sample_weight, y_pred):
+        from tfadaqat.adaqat import probe  # see from_config
+        loss = self._plain_loss(y, y_pred, sample_weight)
+        if rule.probe_every == 1:
+            probe(self, rule, x, y, sample_weight, loss)
+            return
+        tf.cond(self.optimizer.iterations % rule.probe_every == 0,
+                lambda: probe(self, rule, x, y, sample_weight, loss), lambda: loss)
 
     def _clip_range_gradients(self, variables, gradients, active):
         """Clips the gradients of DQ's ``d`` and ``q_max`` to ``[-d, d]`` where `active`."""

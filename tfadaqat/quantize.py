@@ -56,7 +56,7 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                    activation_bits: int = 8, min_bits: int = 2, max_bits: int = 8,
                    skip: Sequence[str] = (), learn_bits: bool = True,
                    quantize_inputs: bool = True, budget=None, cost_weight=1.0,
-                   **method_options):
+                   adaqat_rule="default", **method_options):
     """Returns a copy of `model` ready for quantization-aware training with learned bit-widths.
 
     Args:
@@ -78,6 +78,10 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         a dict of explicit ``lambda_j`` by quantity ("bitops", "weight_kb", "activation_kb").
       **method_options: Constructor options of the method's quantizers: "grid", "rescale"
         (adaqat); "parametrization", "power_of_two", "min_step", "max_step" (dq).
+
+      adaqat_rule: For "adaqat" with `learn_bits`: the :class:`tfadaqat.adaqat.AdaQATRule`
+        that learns the bit-widths during ``fit`` ("default": the authors' settings; None: the
+        bit-widths stay where they are set).
 
     Returns:
       A :class:`tfadaqat.QuantizedModel` (a Functional tf-keras model) whose quantized layers
@@ -154,6 +158,14 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
     if budget is not None:
         resolved = budget.resolve(quantized)
         quantized.set_budget(resolved, _penalty_weights(resolved, cost_weight))
+    if method == "adaqat" and learn_bits and adaqat_rule is not None:
+        from tfadaqat.adaqat import AdaQATRule  # adaqat -> quantize
+        if adaqat_rule == "default":
+            adaqat_rule = AdaQATRule()
+        if not isinstance(adaqat_rule, AdaQATRule):
+            raise TypeError("adaqat_rule must be a tfadaqat.adaqat.AdaQATRule, 'default' or "
+                            f"None, got {adaqat_rule!r}")
+        quantized.set_adaqat_rule(adaqat_rule)
     return quantized
 
 

@@ -184,7 +184,11 @@ class _RelaxedBitsMixin:
         self.learn_bits = bool(learn_bits)
 
     def _bits_specs(self) -> Dict[str, tuple]:
-        return {"relaxed_bits": (float(self.bits), False)} if self.learn_bits else {}
+        # frozen and rises are the state of AdaQAT's bit-width rule (tfadaqat.adaqat).
+        if not self.learn_bits:
+            return {}
+        return {"relaxed_bits": (float(self.bits), False), "frozen": (0.0, False),
+                "rises": (0.0, False)}
 
     def bit_width(self, variables):
         if not self.learn_bits:
