@@ -140,11 +140,23 @@ def quantization_error_increase(tensor: _LearnedTensor) -> tf.Tensor:
     return (tf.square(alpha / high_below) - tf.square(alpha / high_at)) / 12.0
 
 
-def probe(model, rule: AdaQATRule, x, y, sample_weight, loss) -> tf.Tensor:
+def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf.Tensor:
     """Runs one AdaQAT probe and updates the probed tensor's relaxed bit-width.
 
+    Under a distribution strategy with several replicas, ``L`` and ``L_minus`` are averaged
+    over the replicas before the update, so every replica writes the same bit-width state; the
+    probe then runs on every call with its writes gated (a ``tf.cond`` around mirrored-variable
+    writes is a synchronisation point TensorFlow refuses in replica context).
+
+    Args:
+      model: The :class:`tfadaqat.QuantizedModel`.
+      rule: The rule's settings.
+      x, y, sample_weight: The batch of the training step.
+      loss: ``L``, the step's loss on this batch.
+      active: Optional boolean tensor; False skips this probe (``probe_every``).
+
     Returns:
-      The probe loss ``L_minus`` (the step loss `loss` when every tensor is frozen).
+      The probe loss ``L_minus`` (the step loss `loss` when nothing is probed).
     """
     from tfadaqat.cost import differentiable_cost  # cost -> quantize -> model
     tensors = learned_tensors(model)
@@ -158,14 +170,26 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss) -> tf.Tensor:
     scores = tf.stack([quantization_error_increase(t) for t in tensors])
     scores = tf.where(candidate, scores, tf.fill(tf.shape(scores), -float("inf")))
     chosen = tf.argmax(scores, output_type=tf.int32)
+    gate = tf.reduce_any(candidate)
+    if active is not None:
+        gate = tf.logical_and(gate, active)
+    replica_context = tf.distribute.get_replica_context()
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+
+    def replica_mean(value):
+        if replicas > 1 and replica_context is not None:
+            return replica_context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+        return value
 
     def run_probe():
         relaxed = [t.variables["relaxed_bits"] for t in tensors]
         saved = [variable.read_value() for variable in relaxed]
         bits = [t.quantizer.bit_width(t.variables) for t in tensors]
         for index, (variable, value, b) in enumerate(zip(relaxed, saved, bits)):
-            variable.assign(tf.where(chosen == index, tf.cast(b - 1, tf.float32), value))
-        probe_loss = model._plain_loss(y, model(x, training=True), sample_weight)
+            lowered = tf.logical_and(gate, chosen == index)
+            variable.assign(tf.where(lowered, tf.cast(b - 1, tf.float32), value))
+        probe_loss = replica_mean(model._plain_loss(y, model(x, training=True), sample_weight))
+        step_loss = replica_mean(loss)
         for variable, value in zip(relaxed, saved):
             variable.assign(value)
         with tf.GradientTape() as tape:
@@ -178,16 +202,19 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss) -> tf.Tensor:
         for index, tensor in enumerate(tensors):
             quantizer, variables = tensor.quantizer, tensor.variables
             updated = relaxed_bits_update(
-                variables["relaxed_bits"], loss, probe_loss, cost_gradients[index], cost_weight,
+                variables["relaxed_bits"], step_loss, probe_loss, cost_gradients[index],
+                cost_weight,
                 rule.learning_rate, quantizer.min_bits)
             new_relaxed, rises, now_frozen = freeze_rule(
                 bits[index], updated, variables["rises"], quantizer.min_bits,
                 quantizer.max_bits, rule.oscillation_limit)
-            this = chosen == index
+            this = tf.logical_and(gate, chosen == index)
             variables["relaxed_bits"].assign(tf.where(this, new_relaxed, saved[index]))
             variables["rises"].assign(tf.where(this, rises, variables["rises"]))
             variables["frozen"].assign(
                 tf.where(tf.logical_and(this, now_frozen), 1.0, variables["frozen"]))
         return probe_loss
 
-    return tf.cond(tf.reduce_any(candidate), run_probe, lambda: tf.identity(loss))
+    if replicas > 1:
+        return run_probe()
+    return tf.cond(gate, run_probe, lambda: tf.identity(loss))

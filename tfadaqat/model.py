@@ -107,9 +107,23 @@ class QuantizedModel(keras.Model):
                 total = loss + penalty / replicas
         variables = self.trainable_variables
         gradients = tape.gradient(total, variables)
-        if budget is not None:
-            gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        if budget is None:
+            self.optimizer.apply_gradients(zip(gradients, variables))
+        else:
+            # Clip the summed gradient, not each replica's part: sum first, then clip, then
+            # apply without a second aggregation.
+            replica_context = tf.distribute.get_replica_context()
+            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+                summed = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                    [g for g, _ in pairs])
+                variables = [v for _, v in pairs]
+                gradients = self._clip_range_gradients(variables, summed, penalty > 0.0)
+                self.optimizer.apply_gradients(zip(gradients, variables),
+                                               skip_gradients_aggregation=True)
+            else:
+                gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
+                self.optimizer.apply_gradients(zip(gradients, variables))
         metrics = self.compute_metrics(x, y, y_pred, sample_weight)
         if budget is not None:
             metrics["budget_penalty"] = penalty
@@ -133,11 +147,10 @@ class QuantizedModel(keras.Model):
     def _adaqat_probe(self, rule, x, y, sample_weight, y_pred):
         from tfadaqat.adaqat import probe  # see from_config
         loss = self._plain_loss(y, y_pred, sample_weight)
-        if rule.probe_every == 1:
-            probe(self, rule, x, y, sample_weight, loss)
-            return
-        tf.cond(self.optimizer.iterations % rule.probe_every == 0,
-                lambda: probe(self, rule, x, y, sample_weight, loss), lambda: loss)
+        active = None
+        if rule.probe_every > 1:
+            active = tf.equal(self.optimizer.iterations % rule.probe_every, 0)
+        probe(self, rule, x, y, sample_weight, loss, active=active)
 
     def _clip_range_gradients(self, variables, gradients, active):
         """Clips the gradients of DQ's ``d`` and ``q_max`` to ``[-d, d]`` where `active`."""

@@ -240,6 +240,8 @@ def lsq_quantize(x: tf.Tensor, step: tf.Tensor, bits: int, *, signed: bool,
     """
     low_int, high_int = integer_range(bits, signed)
     narrow = bool(signed)
+    # Variables (mirrored ones too) enter the custom gradient as tensors read from them.
+    x, step = tf.convert_to_tensor(x), tf.convert_to_tensor(step)
 
     @tf.custom_gradient
     def quantize(x, step):
@@ -299,6 +301,8 @@ def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool
       Uhlich et al., Mixed Precision DNNs, arXiv:1905.11452.
     """
     use_fused = fused and not signed
+    x = tf.convert_to_tensor(x)
+    step, q_max = tf.convert_to_tensor(step), tf.convert_to_tensor(q_max)
 
     @tf.custom_gradient
     def quantize(x, step, q_max):

@@ -1,0 +1,52 @@
+"""Helper for tests/test_distribute.py: trains a toy model, prints its bits as JSON.
+
+Run as ``python -m tests.distributed_run METHOD REPLICAS``; logical CPU devices must be set
+before TensorFlow starts, hence a process of its own.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import tfadaqat  # noqa: E402
+from tfadaqat._compat import keras, tf  # noqa: E402
+
+
+def main(method: str, replicas: int) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    keras.utils.set_random_seed(0)
+    strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+                if replicas > 1 else tf.distribute.get_strategy())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 16)).astype("float32")
+    with strategy.scope():
+        inputs = keras.Input((16,))
+        hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+        outputs = keras.layers.Dense(4, name="out")(hidden)
+        model = keras.Model(inputs, outputs)
+        if method == "adaqat":
+            qmodel = tfadaqat.quantize_model(model, "adaqat",
+                                             adaqat_rule=tfadaqat.AdaQATRule(learning_rate=2.0))
+            optimizer = keras.optimizers.SGD(0.0)
+        else:
+            qmodel = tfadaqat.quantize_model(
+                model, "dq", budget=tfadaqat.Budget.relative(weight_kb=0.5))
+            optimizer = keras.optimizers.Adam(0.01)
+        target = (x[:, :4] > 0).astype("float32")
+        qmodel.initialize_quantizers(x[:8])
+        qmodel.compile(optimizer, keras.losses.MeanSquaredError())
+    qmodel.fit(x, target, batch_size=16, epochs=6, shuffle=False, verbose=0)
+    relaxed = {f"{name}/{role}": float(v["relaxed_bits"].numpy())
+               for name, role, _, v, _ in tfadaqat.quantized_tensors(qmodel)
+               if "relaxed_bits" in v}
+    print(json.dumps({"bits": tfadaqat.bit_widths(qmodel), "relaxed": relaxed}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,31 @@
+"""Bit-width learning under tf.distribute.MirroredStrategy matches one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(method: str, replicas: int):
+    result = subprocess.run([sys.executable, "-m", "tests.distributed_run", method,
+                             str(replicas)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("method", ["adaqat", "dq"])
+def test_two_replicas_learn_the_same_bits_as_one_device(method):
+    single, mirrored = _run(method, 1), _run(method, 2)
+    assert mirrored["bits"] == single["bits"]
+    for key, value in single["relaxed"].items():
+        assert mirrored["relaxed"][key] == pytest.approx(value, abs=1e-4)
+    if method == "adaqat":  # the rule did move bits, so the comparison means something
+        assert any(value < 8.0 for value in single["relaxed"].values())
+    else:
+        kernel_bits = [bits["kernel"] for bits in single["bits"].values() if "kernel" in bits]
+        assert min(kernel_bits) < 8
