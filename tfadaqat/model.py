@@ -95,6 +95,7 @@ class QuantizedModel(keras.Model):
         from tfadaqat.budget import budget_penalty  # see from_config
         from tfadaqat.cost import differentiable_cost
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight)
@@ -103,7 +104,6 @@ class QuantizedModel(keras.Model):
                 sizes = differentiable_cost(self, activation_reduce=budget.activation_reduce)
                 penalty = budget_penalty(sizes, budget, self._tfadaqat_cost_weights)
                 # Gradients are summed over replicas; the penalty is the same on each.
-                replicas = tf.distribute.get_strategy().num_replicas_in_sync
                 total = loss + penalty / replicas
         variables = self.trainable_variables
         gradients = tape.gradient(total, variables)
@@ -112,11 +112,10 @@ class QuantizedModel(keras.Model):
         else:
             # Clip the summed gradient, not each replica's part: sum first, then clip, then
             # apply without a second aggregation.
-            replica_context = tf.distribute.get_replica_context()
-            if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            if replicas > 1:
                 pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-                summed = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                    [g for g, _ in pairs])
+                summed = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
                 variables = [v for _, v in pairs]
                 gradients = self._clip_range_gradients(variables, summed, penalty > 0.0)
                 self.optimizer.apply_gradients(zip(gradients, variables),
