@@ -16,7 +16,6 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
-quantize_wrapper_class = tfmot.quantization.keras.QuantizeWrapperV2
 base_quantizer_class = tfmot.quantization.keras.quantizers.Quantizer
 base_quantize_config_class = tfmot.quantization.keras.QuantizeConfig
 

@@ -116,8 +116,7 @@ def make_quantizer(method: str, kind: str, *, signed: bool, bits: int, min_bits:
             bits=bits, min_bits=min_bits, max_bits=max_bits, learn_bits=learn_bits, signed=signed)
     if method == "dq":
         return quantizers_lib.DQQuantizer(
-            bits=bits, min_bits=max(min_bits, 2) if signed else min_bits, max_bits=max_bits,
-            signed=signed,
+            bits=bits, min_bits=min_bits, max_bits=max_bits, signed=signed,
             **_pick(options, ("parametrization", "power_of_two", "min_step", "max_step")))
     if method == "lsq":
         return quantizers_lib.LSQQuantizer(bits=bits, signed=signed, kind=kind)
