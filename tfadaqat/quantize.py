@@ -242,9 +242,8 @@ def _check_model(model) -> None:
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built; give its first layer an input "
                          "shape or call model.build(input_shape)")
-    if any(True for _ in _quantized_layers(model)) or any(
-            isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) or
-            type(layer).__name__ == "QuantizeAnnotate" for layer in _all_layers(model)):
+    if any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) or
+           type(layer).__name__ == "QuantizeAnnotate" for layer in _all_layers(model)):
         raise ValueError(f"model {model.name!r} is already quantized; pass the float model")
 
 
