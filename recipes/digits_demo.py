@@ -18,6 +18,7 @@ from absl import app, flags
 import tfadaqat
 from tfadaqat._compat import keras, tf
 from models import small_cnn
+from recipes.data import load_digits
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "adaqat", list(tfadaqat.METHODS), "Quantization method.")
@@ -27,17 +28,6 @@ flags.DEFINE_integer("float_epochs", 15, "Epochs of float training.", lower_boun
 flags.DEFINE_integer("epochs", 15, "Epochs of quantization-aware training.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 64, "Batch size.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed.")
-
-
-def load_digits(test_fraction: float = 0.25, seed: int = 0):
-    """scikit-learn's digits as float32 images in [0, 1], shape (n, 8, 8, 1), fixed split."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = sklearn_digits()
-    images = (digits.images / 16.0).astype("float32")[..., None]
-    return train_test_split(images, digits.target.astype("int32"), test_size=test_fraction,
-                            random_state=seed, stratify=digits.target)
 
 
 def _compile(model, learning_rate):

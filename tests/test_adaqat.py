@@ -104,3 +104,100 @@ def test_rule_and_its_state_survive_save_and_load(tmp_path):
     loaded = tfadaqat.load_model(path, custom_objects={"scaled_mse": qmodel.loss})
     assert loaded.adaqat_rule == rule
     assert _state(loaded, "useless") == _state(qmodel, "useless")
+
+
+def test_update_moves_at_most_one_bit_per_probe():
+    # eta g = 10 x (0 + 1.0 x 5) = 50, clipped to one bit.
+    assert float(adaqat.relaxed_bits_update(6.0, 1.0, 1.0, 5.0, 1.0, 10.0, 2)) == 5.0
+    assert float(adaqat.relaxed_bits_update(6.0, 1.0, 9.0, 0.0, 1.0, 10.0, 2)) == 7.0
+
+
+def test_held_update_counts_and_freezing_waits_while_over_budget():
+    # Under a budget an update that keeps b (here a refused rise) counts like a rise.
+    relaxed, rises, frozen = adaqat.freeze_rule(tf.constant(4), tf.constant(4.0), 10.0, 2, 8, 10,
+                                                held=tf.constant(True))
+    assert (float(relaxed), float(rises), bool(frozen)) == (4.0, 11.0, True)
+    # Over budget, the 11th rise does not freeze: the tensor must stay open to be lowered ...
+    relaxed, rises, frozen = adaqat.freeze_rule(tf.constant(4), tf.constant(4.0), 10.0, 2, 8, 10,
+                                                held=tf.constant(True),
+                                                may_freeze_high=tf.constant(False))
+    assert (float(rises), bool(frozen)) == (11.0, False)
+    # ... nor does reaching the floor: it may rise again once the budget allows.
+    _, _, frozen = adaqat.freeze_rule(tf.constant(3), tf.constant(1.8), 0.0, 2, 8, 10,
+                                      may_freeze_high=tf.constant(False))
+    assert not bool(frozen)
+
+
+def test_budget_prices_grow_over_target_and_vanish_within():
+    prices = tf.constant([0.0, 2.0, 3.0])
+    sizes = tf.constant([150.0, 400.0, 5.0])
+    targets = tf.constant([100.0, 100.0, 10.0])
+    # bitops 1.5x over: max(0, 1) e^(0.1 x 0.5); weight 4x over: 2 e^(0.1 x 1) (capped); within: 0.
+    np.testing.assert_allclose(adaqat.next_multipliers(prices, sizes, targets, 0.1).numpy(),
+                               [np.exp(0.05), 2.0 * np.exp(0.1), 0.0], rtol=1e-6)
+    # Unconstrained quantities (target 0) stay at 0.
+    unconstrained = adaqat.next_multipliers(prices, sizes, tf.constant([0.0, 0.0, 0.0]), 0.1)
+    np.testing.assert_array_equal(unconstrained.numpy(), [0.0, 0.0, 0.0])
+
+
+def test_phase_targets_split_bitops_geometrically():
+    from tests.test_cost import _two_layer_model
+    qmodel = tfadaqat.quantize_model(_two_layer_model(), "adaqat",
+                                     budget=tfadaqat.Budget(bitops=1536, weight_kb=0.03))
+    # 8-bit start: 96 MACs x 64 = 6144 BitOPs; weight phase sqrt(1536 x 6144) = 3072.
+    np.testing.assert_allclose(adaqat.budget_targets(qmodel, qmodel.budget),
+                               [[3072.0, 0.03, 0.0], [1536.0, 0.0, 0.0]], rtol=1e-6)
+    state = qmodel.adaqat_budget_state
+    np.testing.assert_allclose(state["targets"].numpy(), [[3072.0, 0.03, 0.0],
+                                                          [1536.0, 0.0, 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(state["multipliers"].numpy(), [0.0, 0.0, 0.0])
+
+
+def _budget_run(budget, epochs):
+    from tests.conftest import small_resnet
+    from tests.test_model import _budget_problem
+    keras.utils.set_random_seed(0)
+    images, labels = _budget_problem()
+    qmodel = tfadaqat.quantize_model(small_resnet(), "adaqat", budget=budget,
+                                     adaqat_rule=tfadaqat.AdaQATRule(learning_rate=1.0,
+                                                                     oscillation_limit=4))
+    qmodel.compile(keras.optimizers.Adam(1e-3),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    start = tfadaqat.cost(qmodel)
+    qmodel.fit(images, labels, epochs=epochs, batch_size=16, verbose=0)
+    return qmodel, start
+
+
+def test_adaqat_meets_a_bitops_budget_with_mixed_bits():
+    qmodel, start = _budget_run(tfadaqat.Budget.relative(bitops=0.2), epochs=12)
+    final = tfadaqat.cost(qmodel)
+    assert start.bitops > qmodel.budget.bitops       # the 8-bit start is over budget
+    assert final.bitops <= qmodel.budget.bitops      # rises past the budget are refused
+    bits = [b for roles in tfadaqat.bit_widths(qmodel).values() for b in roles.values()]
+    assert len(set(bits)) > 1
+    frozen = [float(v["frozen"]) for _, _, _, v, _ in tfadaqat.quantized_tensors(qmodel)
+              if "frozen" in v]
+    assert all(value == 1.0 for value in frozen)     # both phases ended: plain QAT now
+    report = tfadaqat.summary(qmodel, print_fn=None)
+    assert report["budget"]["bitops"]["met"]
+
+
+def test_budget_not_met_by_the_end_is_warned_and_reported():
+    with pytest.warns(UserWarning, match="training ended over its budget"):
+        qmodel, _ = _budget_run(tfadaqat.Budget.relative(bitops=0.07), epochs=1)
+    printed = []
+    report = tfadaqat.summary(qmodel, print_fn=printed.append)
+    assert not report["budget"]["bitops"]["met"]
+    assert "NOT MET" in printed[0]
+
+
+def test_budget_prices_survive_save_and_load(tmp_path):
+    qmodel, _ = _budget_run(tfadaqat.Budget.relative(bitops=0.2), epochs=1)
+    path = str(tmp_path / "adaqat_budget.keras")
+    qmodel.save(path)
+    loaded = tfadaqat.load_model(path)
+    for name in ("multipliers", "targets"):
+        np.testing.assert_array_equal(loaded.adaqat_budget_state[name].numpy(),
+                                      qmodel.adaqat_budget_state[name].numpy())
+    assert loaded.budget == qmodel.budget
+    assert tfadaqat.bit_widths(loaded) == tfadaqat.bit_widths(qmodel)

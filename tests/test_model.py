@@ -100,7 +100,8 @@ def test_range_gradients_are_clipped_to_the_step_while_the_penalty_is_active():
 
 @pytest.mark.parametrize("method, budget, cost_weight, error, message", [
     ("lsq", tfadaqat.Budget(bitops=1e9), 1.0, ValueError, "fixed bit-widths"),
-    ("adaqat", tfadaqat.Budget(bitops=1e9), 1.0, NotImplementedError, "method='dq'"),
+    ("adaqat", tfadaqat.Budget.relative(bitops=0.01), 1.0, ValueError,
+     "smallest reachable cost"),
     ("dq", {"bitops": 1e9}, 1.0, TypeError, "budget must be a tfadaqat.Budget"),
     ("dq", tfadaqat.Budget(bitops=1e9), -1.0, ValueError, "cost_weight must be a non-negative"),
     ("dq", tfadaqat.Budget(bitops=1e9), {"flops": 1.0}, ValueError, "cost_weight keys"),
@@ -109,3 +110,10 @@ def test_range_gradients_are_clipped_to_the_step_while_the_penalty_is_active():
 def test_bad_budget_arguments(method, budget, cost_weight, error, message):
     with pytest.raises(error, match=message):
         tfadaqat.quantize_model(small_resnet(), method, budget=budget, cost_weight=cost_weight)
+
+
+@pytest.mark.parametrize("kwargs", [{"learn_bits": False}, {"adaqat_rule": None}])
+def test_adaqat_budget_needs_learned_bits(kwargs):
+    with pytest.raises(ValueError, match="needs learned bit-widths"):
+        tfadaqat.quantize_model(small_resnet(), "adaqat", budget=tfadaqat.Budget(bitops=1e9),
+                                **kwargs)

@@ -17,6 +17,7 @@ The budget is part of the model config, so it survives ``save`` and ``load_model
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Dict, Optional
 
 from tfadaqat._compat import keras, tf
@@ -33,6 +34,18 @@ class QuantizedModel(keras.Model):
     _tfadaqat_budget = None
     _tfadaqat_cost_weights: Optional[Dict[str, float]] = None
     _tfadaqat_rule = None
+    _adaqat_budget_state: Optional[Dict[str, tf.Variable]] = None
+
+    @property
+    def adaqat_budget_state(self) -> Optional[Dict[str, tf.Variable]]:
+        """AdaQAT's budget multipliers and phase targets (with a rule and a budget), or None."""
+        return self._adaqat_budget_state
+
+    def _create_adaqat_budget_state(self) -> None:
+        if (self._tfadaqat_rule is not None and self._tfadaqat_budget is not None
+                and self._adaqat_budget_state is None):
+            from tfadaqat.adaqat import create_budget_state  # see from_config
+            self._adaqat_budget_state = create_budget_state(self, self._tfadaqat_budget)
 
     @property
     def adaqat_rule(self):
@@ -42,6 +55,7 @@ class QuantizedModel(keras.Model):
     def set_adaqat_rule(self, rule) -> None:
         """Learns AdaQAT bit-widths with `rule` during ``fit`` (None: bit-widths stay put)."""
         self._tfadaqat_rule = rule
+        self._create_adaqat_budget_state()
         self.train_function = None
 
     @property
@@ -63,6 +77,7 @@ class QuantizedModel(keras.Model):
             raise ValueError(f"cost_weights has no weight for the bounded quantities {missing}")
         self._tfadaqat_budget = budget
         self._tfadaqat_cost_weights = {k: float(v) for k, v in cost_weights.items()}
+        self._create_adaqat_budget_state()
         self.train_function = None
 
     def get_config(self):
@@ -88,12 +103,26 @@ class QuantizedModel(keras.Model):
             model.set_adaqat_rule(AdaQATRule(**rule_config))
         return model
 
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``; warns when training ends with the budget not met."""
+        history = super().fit(*args, **kwargs)
+        if self._tfadaqat_budget is not None:
+            from tfadaqat.report import budget_status, format_budget  # see from_config
+            status = budget_status(self)
+            if not all(entry["met"] for entry in status.values()):
+                warnings.warn(f"{self.name}: training ended over its budget (train longer, or "
+                              f"raise cost_weight / the AdaQAT rule's rates):\n"
+                              f"{format_budget(status)}", stacklevel=2)
+        return history
+
     def train_step(self, data):
         budget, rule = self._tfadaqat_budget, self._tfadaqat_rule
         if budget is None and rule is None:
             return super().train_step(data)
         from tfadaqat.budget import budget_penalty  # see from_config
         from tfadaqat.cost import differentiable_cost
+        if rule is not None:
+            budget = None  # AdaQAT meets its budget in the probe (tfadaqat.adaqat), not by a penalty
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:

@@ -72,8 +72,10 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       learn_bits: For "adaqat": keep relaxed bit-width variables (False fixes the bits).
       quantize_inputs: Quantize the model inputs (signed grid).
       budget: A :class:`tfadaqat.Budget` the learned bit-widths must meet by the end of ``fit``
-        ("dq" only in this version). It is resolved against this model at once.
-      cost_weight: A float ``c``, giving DQ's penalty weights ``lambda_j = c / budget_j^2``
+        ("dq": a penalty on the loss; "adaqat": its rule's cost term with multipliers adapted
+        to the budget, see :func:`tfadaqat.adaqat.probe`). It is resolved against this model
+        at once.
+      cost_weight: "dq" only: a float ``c``, giving DQ's penalty weights ``lambda_j = c / budget_j^2``
         (so the penalty is ``c sum_j (excess_j / budget_j)^2``, one scale for BitOPs and KB), or
         a dict of explicit ``lambda_j`` by quantity ("bitops", "weight_kb", "activation_kb").
       **method_options: Constructor options of the method's quantizers: "grid", "rescale"
@@ -92,8 +94,6 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       ValueError: For bad arguments (naming the argument and allowed values), a subclassed,
         Keras 3 or already quantized model, `skip` naming a missing layer, or a budget that
         the model cannot reach (the message states the smallest reachable cost).
-      NotImplementedError: For a budget with method "adaqat" (its finite-difference rule is
-        not implemented yet).
 
     Example:
       >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -117,7 +117,7 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         raise ValueError(f"weight_bits must be an integer in 2..16 (signed weights need 2 bits), "
                          f"got {weight_bits}")
     configs_lib.validate_options(method, method_options)
-    _check_budget_arguments(method, budget, cost_weight)
+    _check_budget_arguments(method, budget, cost_weight, learn_bits, adaqat_rule)
     _check_model(model)
     if isinstance(skip, str):
         skip = (skip,)
@@ -169,7 +169,8 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
     return quantized
 
 
-def _check_budget_arguments(method: str, budget, cost_weight) -> None:
+def _check_budget_arguments(method: str, budget, cost_weight, learn_bits: bool,
+                            adaqat_rule) -> None:
     from tfadaqat.budget import QUANTITIES, Budget  # budget -> cost -> this module
     if budget is None:
         return
@@ -177,11 +178,10 @@ def _check_budget_arguments(method: str, budget, cost_weight) -> None:
         raise TypeError(f"budget must be a tfadaqat.Budget, got {type(budget).__name__}")
     if method == "lsq":
         raise ValueError("method 'lsq' has fixed bit-widths and cannot learn to meet a budget; "
-                         "use method 'dq' (or 'adaqat' once its budget rule lands)")
-    if method == "adaqat":
-        raise NotImplementedError(
-            "budget= is implemented for method='dq' in this version; AdaQAT's finite-difference "
-            "bit-width rule is not implemented yet")
+                         "use method 'dq' or 'adaqat'")
+    if method == "adaqat" and (not learn_bits or adaqat_rule is None):
+        raise ValueError("a budget with method 'adaqat' needs learned bit-widths: pass "
+                         "learn_bits=True and an adaqat_rule (not None)")
     if isinstance(cost_weight, dict):
         unknown = sorted(set(cost_weight) - set(QUANTITIES))
         if unknown:

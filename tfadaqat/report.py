@@ -53,9 +53,39 @@ def summary(model, *, activation_reduce: str = "max",
         "weight_memory_vs_8bit": _ratio(as_8bit.weight_memory_bits, current.weight_memory_bits),
     }
     report = {"layers": rows, "totals": totals, "compression": compression}
+    budget = getattr(model, "budget", None)
+    if budget is not None:
+        report["budget"] = budget_status(model, current)
     if print_fn is not None:
         print_fn(format_summary(report, activation_reduce))
     return report
+
+
+def budget_status(model, current=None) -> Dict[str, Dict[str, Any]]:
+    """``{quantity: {"limit", "value", "met"}}`` for each bound of ``model.budget``.
+
+    Costs are computed with the budget's own activation reduction.
+    """
+    from tfadaqat.budget import QUANTITIES  # budget -> cost; report is imported after both
+    budget = model.budget
+    if current is None or current.activation_reduce != budget.activation_reduce:
+        current = cost(model, activation_reduce=budget.activation_reduce)
+    values = {"bitops": float(current.bitops), "weight_kb": current.weight_kb,
+              "activation_kb": current.activation_kb}
+    return {name: {"limit": budget.limit(name), "value": values[name],
+                   "met": values[name] <= budget.limit(name)}
+            for name in QUANTITIES if budget.limit(name) is not None}
+
+
+def format_budget(status: Dict[str, Dict[str, Any]]) -> str:
+    """One line per bound: ``Budget bitops: 1,234 <= 2,000 (0.62 of it): met``."""
+    lines = []
+    for name, entry in status.items():
+        verdict = "met" if entry["met"] else "NOT MET"
+        sign = "<=" if entry["met"] else ">"
+        lines.append(f"Budget {name}: {entry['value']:,.6g} {sign} {entry['limit']:,.6g} "
+                     f"({entry['value'] / entry['limit']:.3f} of it): {verdict}")
+    return "\n".join(lines)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -95,4 +125,6 @@ def format_summary(report: Dict[str, Any], activation_reduce: str = "max") -> st
                  f"{ratios['bitops_vs_8bit']:.2f}x smaller than uniform 8-bit")
     lines.append(f"Weight memory: {ratios['weight_memory_vs_float32']:.1f}x smaller than "
                  f"float32, {ratios['weight_memory_vs_8bit']:.2f}x smaller than uniform 8-bit")
+    if "budget" in report:
+        lines.append(format_budget(report["budget"]))
     return "\n".join(lines)
