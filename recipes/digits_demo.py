@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from absl import app, flags
 
 import tfadaqat
-from tfadaqat._compat import keras, tf
+from tfadaqat._compat import keras
 from models import small_cnn
 from recipes.data import load_digits
 

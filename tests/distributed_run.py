@@ -30,8 +30,9 @@ def main(method: str, replicas: int) -> None:
         hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
         outputs = keras.layers.Dense(4, name="out")(hidden)
         model = keras.Model(inputs, outputs)
-        if method == "adaqat":
-            qmodel = tfadaqat.quantize_model(model, "adaqat",
+        if method.startswith("adaqat"):
+            budget = tfadaqat.Budget.relative(bitops=0.3) if method == "adaqat_budget" else None
+            qmodel = tfadaqat.quantize_model(model, "adaqat", budget=budget,
                                              adaqat_rule=tfadaqat.AdaQATRule(learning_rate=2.0))
             optimizer = keras.optimizers.SGD(0.0)
         else:
@@ -45,7 +46,10 @@ def main(method: str, replicas: int) -> None:
     relaxed = {f"{name}/{role}": float(v["relaxed_bits"].numpy())
                for name, role, _, v, _ in tfadaqat.quantized_tensors(qmodel)
                if "relaxed_bits" in v}
-    print(json.dumps({"bits": tfadaqat.bit_widths(qmodel), "relaxed": relaxed}))
+    state = qmodel.adaqat_budget_state
+    prices = [] if state is None else state["multipliers"].numpy().tolist()
+    print(json.dumps({"bits": tfadaqat.bit_widths(qmodel), "relaxed": relaxed,
+                      "prices": prices}))
 
 
 if __name__ == "__main__":

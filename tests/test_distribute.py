@@ -18,13 +18,14 @@ def _run(method: str, replicas: int):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["adaqat", "dq"])
+@pytest.mark.parametrize("method", ["adaqat", "adaqat_budget", "dq"])
 def test_two_replicas_learn_the_same_bits_as_one_device(method):
     single, mirrored = _run(method, 1), _run(method, 2)
     assert mirrored["bits"] == single["bits"]
     for key, value in single["relaxed"].items():
         assert mirrored["relaxed"][key] == pytest.approx(value, abs=1e-4)
-    if method == "adaqat":  # the rule did move bits, so the comparison means something
+    assert mirrored["prices"] == pytest.approx(single["prices"], abs=1e-4)
+    if method.startswith("adaqat"):  # the rule did move bits, so the comparison means something
         assert any(value < 8.0 for value in single["relaxed"].values())
     else:
         kernel_bits = [bits["kernel"] for bits in single["bits"].values() if "kernel" in bits]

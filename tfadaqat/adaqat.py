@@ -22,6 +22,10 @@ that would raise ``b`` above ``max_bits`` counts as a rise too: otherwise a tens
 all its bits would win every probe (its error grows most) and starve the others. When every
 tensor is frozen, training continues as plain QAT at the learned bit-widths.
 
+With a budget (``quantize_model(..., budget=...)``) the cost term gains budget prices that
+are adapted at every probe, the tensors of a phase are probed in turn, and rises past the
+budget are refused; see :func:`probe` and :func:`budget_targets`.
+
 The probe forward pass runs in training mode, like the step it is compared with, so both see
 batch statistics; BatchNormalization's moving averages are updated once more with the batch.
 """

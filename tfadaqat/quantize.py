@@ -55,7 +55,7 @@ _INPUT_POINT_SUFFIX = "_quantize_point"
 def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                    activation_bits: int = 8, min_bits: int = 2, max_bits: int = 8,
                    skip: Sequence[str] = (), learn_bits: bool = True,
-                   quantize_inputs: bool = True, budget=None, cost_weight=1.0,
+                   quantize_inputs: bool = True, budget=None, cost_weight=10.0,
                    adaqat_rule="default", **method_options):
     """Returns a copy of `model` ready for quantization-aware training with learned bit-widths.
 
@@ -72,12 +72,13 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       learn_bits: For "adaqat": keep relaxed bit-width variables (False fixes the bits).
       quantize_inputs: Quantize the model inputs (signed grid).
       budget: A :class:`tfadaqat.Budget` the learned bit-widths must meet by the end of ``fit``
-        ("dq": a penalty on the loss; "adaqat": its rule's cost term with multipliers adapted
+        ("dq": a penalty on the loss; "adaqat": its rule's cost term with prices adapted
         to the budget, see :func:`tfadaqat.adaqat.probe`). It is resolved against this model
         at once.
-      cost_weight: "dq" only: a float ``c``, giving DQ's penalty weights ``lambda_j = c / budget_j^2``
-        (so the penalty is ``c sum_j (excess_j / budget_j)^2``, one scale for BitOPs and KB), or
-        a dict of explicit ``lambda_j`` by quantity ("bitops", "weight_kb", "activation_kb").
+      cost_weight: "dq" only: a float ``c``, giving DQ's penalty weights
+        ``lambda_j = c / budget_j^2`` (so the penalty is ``c sum_j (excess_j / budget_j)^2``,
+        one scale for BitOPs and KB), or a dict of explicit ``lambda_j`` by quantity
+        ("bitops", "weight_kb", "activation_kb").
       **method_options: Constructor options of the method's quantizers: "grid", "rescale"
         (adaqat); "parametrization", "power_of_two", "min_step", "max_step" (dq).
 
