@@ -1,10 +1,11 @@
 """AdaQAT's finite-difference bit-width rule (Gernigon et al., arXiv:2404.16876).
 
 Each AdaQAT tensor owns a relaxed bit-width ``N`` (used as ``b = ceil(N)``). Every
-``probe_every`` training steps, after the usual gradient step, one not-yet-frozen tensor is
-*probed*: the batch is run again with that tensor one bit lower, giving ``L_minus``, and
+``probe_every`` training steps, between the step's forward pass and its weight update (so
+``L`` and ``L_minus`` see the same weights), one not-yet-frozen tensor is *probed*: the batch
+is run again with that tensor one bit lower, giving ``L_minus``, and
 
-    g = (L - L_minus) + lambda * dC/db,        N <- max(N - eta g, min_bits - 1/2)
+    g = (L - L_minus) + lambda * dC/db,     N <- max(N - clip(eta g, -1, 1), min_bits - 1/2)
 
 where ``C = sum_layers b_w b_a`` is the per-layer cost of the authors' code, so
 ``dC/db_w = b_a`` and ``dC/db_a`` is the sum of ``b_w`` over the layers the activation feeds.

@@ -134,6 +134,9 @@ class QuantizedModel(keras.Model):
                 penalty = budget_penalty(sizes, budget, self._tfadaqat_cost_weights)
                 # Gradients are summed over replicas; the penalty is the same on each.
                 total = loss + penalty / replicas
+        if rule is not None:
+            # Before the update, so that L and L_minus are measured with the same weights.
+            self._adaqat_probe(rule, x, y, sample_weight, y_pred)
         variables = self.trainable_variables
         gradients = tape.gradient(total, variables)
         if budget is None:
@@ -155,8 +158,6 @@ class QuantizedModel(keras.Model):
         metrics = self.compute_metrics(x, y, y_pred, sample_weight)
         if budget is not None:
             metrics["budget_penalty"] = penalty
-        if rule is not None:
-            self._adaqat_probe(rule, x, y, sample_weight, y_pred)
         return metrics
 
     def _plain_loss(self, y, y_pred, sample_weight):
