@@ -22,6 +22,13 @@ a computed tensor rather than a variable read; LSQ and DQ add the passes of thei
 gradient (``sum(g (Q - x)) / d``). A per-step ``tf.cond`` for lazy initialisation cost another
 ~70 ms and was removed (see tfadaqat/model.py).
 
+The AdaQAT probe is one more forward pass of the quantized model in training mode (the
+authors' finite difference on the same batch and weights). Measured alone it takes ~50 ms
+(0.38x a float step); inside the training step a bare training-mode forward adds ~77 ms and the
+whole probe (forward, bit-width writes, cost gradient) ~100 ms, so probing every step costs
+~1.9x float where a plain step costs ~1.1-1.2x. ``AdaQATRule(probe_every=k)`` divides that
+extra cost by ``k``.
+
 Run from the repository root:  python -m bench.step_time [--rounds 25 --steps 2]
 """
 
