@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,demo]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,demo,export]"
 	touch $(STAMP)
 
 demo: $(STAMP)

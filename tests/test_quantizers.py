@@ -160,3 +160,28 @@ def test_nan_in_first_batch_does_not_corrupt_variables():
         assert y.shape == x.shape
         for variable in variables.values():
             assert np.isfinite(variable.numpy()), (type(quantizer).__name__, variable.name)
+
+
+@pytest.mark.parametrize("quantizer, signed, expected_range", [
+    (Q.DoReFaWeightQuantizer(bits=3, learn_bits=False), True, (-7, 7)),
+    (Q.DoReFaWeightQuantizer(bits=3, learn_bits=False, grid="symmetric"), True, (-3, 3)),
+    (Q.PACTActivationQuantizer(bits=3, learn_bits=False), False, (0, 7)),
+    (Q.PACTActivationQuantizer(bits=3, learn_bits=False, signed=True), True, (-3, 3)),
+    (Q.LSQQuantizer(bits=3, signed=True), True, (-3, 3)),
+    (Q.LSQQuantizer(bits=3, signed=False, kind="activation"), False, (0, 7)),
+    (Q.DQQuantizer(bits=3, signed=True), True, (-3, 3)),
+    (Q.DQQuantizer(bits=3, signed=False), False, (0, 7)),
+])
+def test_integer_grid_holds_every_output(quantizer, signed, expected_range):
+    """Outputs are scale x integers in [low, high]; inputs 10x wider reach both ends."""
+    x = tf.constant(np.random.default_rng(3).normal(0.0, 2.0, size=(64, 16)), tf.float32)
+    layer = keras.layers.Layer()
+    variables = quantizer.build(x.shape, "q", layer)
+    with Q.initialization_mode():
+        quantizer(x, training=False, weights=variables)
+    outputs = quantizer(10.0 * x, training=False, weights=variables).numpy()
+    scale, low, high = quantizer.integer_grid(10.0 * x, variables)
+    assert (low, high) == expected_range
+    integers = outputs / scale
+    np.testing.assert_allclose(integers, np.round(integers), atol=1e-3)
+    assert int(np.round(integers).min()) == low and int(np.round(integers).max()) == high

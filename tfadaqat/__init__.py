@@ -21,6 +21,7 @@ from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantize
 from tfadaqat.budget import Budget, budget_penalty
 from tfadaqat.callbacks import BitWidthLogger
 from tfadaqat.cost import LayerCost, ModelCost, cost, differentiable_cost, uniform_bits
+from tfadaqat.export import ExportReport, export_tflite
 from tfadaqat.plots import plot_bit_widths
 from tfadaqat.report import summary
 
@@ -33,6 +34,7 @@ __all__ = [
     "Budget",
     "DoReFaWeightQuantizer",
     "DQQuantizer",
+    "ExportReport",
     "LSQQuantizer",
     "LayerCost",
     "LayerQuantizeConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "budget_penalty",
     "cost",
     "differentiable_cost",
+    "export_tflite",
     "flatten_model",
     "load_model",
     "make_quantizer",

@@ -52,3 +52,22 @@ def functional_nodes_by_depth(model):
 
 def is_graph_network(model) -> bool:
     return isinstance(model, keras.Sequential) or bool(getattr(model, "_is_graph_network", False))
+
+
+def tflite_interpreter(model_content: bytes, num_threads: int = 1,
+                       preserve_all_tensors: bool = False):
+    """A TFLite interpreter: LiteRT's (``ai-edge-litert``) where installed, else TensorFlow's.
+
+    `preserve_all_tensors` keeps intermediate tensors readable after ``invoke`` (tests).
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # LiteRT has no wheel for this platform
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_content=model_content, num_threads=num_threads,
+                       experimental_preserve_all_tensors=preserve_all_tensors)
+
+
+def tflite_ops(interpreter):
+    """``[(op name, [input tensor indices])]`` of a TFLite interpreter (an internal API)."""
+    return [(op["op_name"], list(op["inputs"])) for op in interpreter._get_ops_details()]

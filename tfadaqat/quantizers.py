@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import types
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from tfadaqat import ops
 from tfadaqat._compat import base_quantizer_class, keras, tf
@@ -116,6 +116,15 @@ class TensorQuantizer(base_quantizer_class):
     @property
     def lowest_bits(self) -> int:
         """The smallest bit-width this quantizer can reach."""
+        raise NotImplementedError
+
+    def integer_grid(self, tensor: tf.Tensor,
+                     variables: Dict[str, tf.Variable]) -> Tuple[float, int, int]:
+        """``(scale, low, high)``: every output is ``scale`` times an integer in ``[low, high]``.
+
+        This is what integer export stores (see :mod:`tfadaqat.export`). `tensor` is the float
+        input (weights); activation quantizers ignore it.
+        """
         raise NotImplementedError
 
     def build(self, tensor_shape, name: str, layer) -> Dict[str, tf.Variable]:
@@ -267,6 +276,12 @@ class DoReFaWeightQuantizer(_RelaxedBitsMixin, TensorQuantizer):
         return ops.dorefa_weight_quantize(tensor, self._bits_in_use(variables), grid=self.grid,
                                           rescale=self.rescale)
 
+    def integer_grid(self, tensor, variables):
+        bits = int(self.bit_width(variables))
+        scale = float(self.integer_scale(tensor, variables))
+        high = 2**bits - 1 if self.grid == "dorefa" else 2 ** (bits - 1) - 1
+        return scale, -high, high
+
     def integer_scale(self, tensor, variables):
         """Scale that maps this quantizer's outputs to integers (used by export)."""
         return ops.dorefa_integer_scale(tensor, self.bit_width(variables), grid=self.grid,
@@ -318,6 +333,10 @@ class PACTActivationQuantizer(_RelaxedBitsMixin, TensorQuantizer):
     def _quantize(self, tensor, variables):
         return ops.pact_quantize(tensor, variables["alpha"], self._bits_in_use(variables),
                                  signed=self.signed, bit_range=(self.min_bits, self.max_bits))
+
+    def integer_grid(self, tensor, variables):
+        low, high = ops.integer_range(int(self.bit_width(variables)), self.signed)
+        return float(variables["alpha"]) / high, low, high
 
     def get_config(self):
         return {**self._bits_config(), "signed": self.signed}
@@ -375,6 +394,10 @@ class LSQQuantizer(TensorQuantizer):
         gradient_scale = 1.0 / math.sqrt(elements * self._positive_high())
         return ops.lsq_quantize(tensor, variables["step"], self.bits, signed=self.signed,
                                 gradient_scale=gradient_scale, fused=not self.signed)
+
+    def integer_grid(self, tensor, variables):
+        low, high = ops.integer_range(self.bits, self.signed)
+        return float(variables["step"]), low, high
 
     def get_config(self):
         return {"bits": self.bits, "signed": self.signed, "kind": self.kind}
@@ -487,6 +510,11 @@ class DQQuantizer(TensorQuantizer):
         q_max = tf.clip_by_value(q_max, step * self._high(self.min_bits),
                                  step * self._high(self.max_bits))
         return step, q_max
+
+    def integer_grid(self, tensor, variables):
+        step, q_max = (float(value) for value in self.step_and_range(variables))
+        high = int(math.floor(q_max / step + 0.5))  # saturation at d round(q_max / d)
+        return step, (-high if self.signed else 0), high
 
     def _quantize(self, tensor, variables):
         step, q_max = self.step_and_range(variables)

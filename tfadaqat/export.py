@@ -1,0 +1,472 @@
+"""Integer TFLite export that stores the learned bit-widths and computes what was trained.
+
+Why not hand TFMOT's graph to the converter: with TF 2.21 the TFLite converter refuses
+FakeQuant ops below 8 bits on activations (it makes ``i4`` tensors that ``tfl.conv_2d``
+rejects) and gives 4-bit weights non-zero zero points that the interpreter refuses. So the
+learned ``b``-bit grids are mapped onto int8 storage here, and the converter only ever sees
+8-bit FakeQuant ops whose scale *is* the learned step:
+
+* **Weights.** Every tfadaqat weight quantizer outputs ``scale x k`` with integers ``k`` in
+  ``[low, high]`` (:meth:`tfadaqat.TensorQuantizer.integer_grid`). The export graph holds those
+  values behind a symmetric, narrow-range 8-bit FakeQuant of range ``+-127 scale``, so the file
+  stores exactly ``k`` (int8, zero point 0): at most ``2^b`` distinct values (``2^b - 1`` on
+  symmetric grids). A BatchNormalization after a convolution or dense layer is folded into
+  per-output-channel scales ``scale |m_c|`` (``m_c = gamma_c / sqrt(var_c + eps)``, its sign
+  carried by the stored integers) and the int32 bias, so the integers stay the trained ones.
+* **Activations.** A tensor quantized to ``s k``, ``k`` in ``[low, high]``, is clamped to
+  ``[low s, high s]`` (ReLU and MINIMUM/MAXIMUM ops) and then fake-quantized with the 8-bit
+  range whose step is ``s``: ``[0, 255 s]`` for unsigned tensors (zero point -128), ``[-128 s,
+  127 s]`` for signed ones (zero point 0). It therefore takes at most ``2^b`` values.
+
+Everything between (convolutions, dense, depthwise, add, pooling, mean, concatenation) runs
+with TFLite's int8 kernels; :func:`export_tflite` checks the file and refuses to write one
+with a float kernel. Activations above 8 bits (int16) are not supported yet: they raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tfadaqat._compat import (functional_nodes_by_depth, keras, tf, tflite_interpreter,
+                              tflite_ops, tfmot, wrapper_output_quantizer,
+                              wrapper_weight_quantizers)
+
+_layers = keras.layers
+#: Ops whose inputs must all be integer tensors in an exported file.
+INTEGER_KERNELS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN",
+                   "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "MINIMUM", "MAXIMUM",
+                   "RESHAPE", "PAD", "SUM", "REDUCE_MAX")
+_INT8_WEIGHT_LIMIT = 127
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerExport:
+    """One quantized weight tensor in the file: learned bits against stored distinct values."""
+
+    layer: str
+    bits: int
+    allowed_values: int
+    distinct_values: int
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What :func:`export_tflite` wrote and, with ``verify_with``, how it agrees with Keras.
+
+    Attributes:
+      path: The file written.
+      file_bytes: Its size.
+      float32_bytes: The model's parameters stored as float32.
+      packed_bytes: ``sum(params x bits) / 8`` over kernels, plus int32 biases: what a file
+        packing the learned bits would take.
+      packing: Whether kernels below 8 bits are packed; this TFLite stores them in int8.
+      ops: The TFLite op names in the file, in order.
+      layers: Per quantized kernel, the learned bits and distinct integers in the file.
+      examples: Examples compared with the Keras model (0 without ``verify_with``).
+      top1_agreement: Fraction of examples whose top-1 class agrees.
+      max_output_difference: Largest ``|tflite - keras|`` over the outputs, in output steps.
+    """
+
+    path: str
+    file_bytes: int
+    float32_bytes: int
+    packed_bytes: float
+    packing: str
+    ops: List[str]
+    layers: List[LayerExport]
+    examples: int = 0
+    top1_agreement: Optional[float] = None
+    max_output_difference: Optional[float] = None
+
+
+_PACKING_NOTE = ("not packed: TFLite int8 storage (TF 2.21's converter did not pack int4 "
+                 "weights from QAT graphs)")
+
+
+def _quantized_wrapper(layer) -> bool:
+    return isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+
+
+class _ExportPlan:
+    """The model's layers in graph order, with who feeds whom and which BN layers fold."""
+
+    def __init__(self, model):
+        self.nodes = []
+        for depth in sorted(functional_nodes_by_depth(model), reverse=True):
+            self.nodes.extend(functional_nodes_by_depth(model)[depth])
+        self.inputs = {}
+        consumers: Dict[str, List[Any]] = {}
+        for node in self.nodes:
+            names = [t._keras_history.layer.name for t in tf.nest.flatten(node.keras_inputs)]
+            self.inputs[node.layer.name] = names
+            for name in names:
+                consumers.setdefault(name, []).append(node.layer)
+        self.folded: Dict[str, Any] = {}  # weight layer name -> the BatchNormalization it absorbs
+        for node in self.nodes:
+            inner = _inner(node.layer)
+            following = consumers.get(node.layer.name, [])
+            if (isinstance(inner, (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense))
+                    and inner.activation in (None, keras.activations.linear)
+                    and wrapper_output_quantizer(node.layer)[0] is None
+                    and len(following) == 1
+                    and isinstance(_inner(following[0]), _layers.BatchNormalization)):
+                self.folded[node.layer.name] = _inner(following[0])
+        self.folded_batch_norms = {bn.name for bn in self.folded.values()}
+        # Read every learned value now, eagerly: the traced function holds constants only.
+        self.weights, self.biases, self.output_grids = {}, {}, {}
+        self.affines = {name: _batch_norm_affine(bn) for name, bn in self.folded.items()}
+        for node in self.nodes:
+            layer = node.layer
+            if not _quantized_wrapper(layer):
+                continue
+            if wrapper_weight_quantizers(layer):
+                self.weights[layer.name] = _weight_integers(layer)
+                self.biases[layer.name] = (layer.layer.bias.numpy() if layer.layer.use_bias
+                                           else 0.0)
+            quantizer, variables = wrapper_output_quantizer(layer)
+            if quantizer is not None:
+                self.output_grids[layer.name] = (
+                    *quantizer.integer_grid(None, variables), int(quantizer.bit_width(variables)))
+
+
+def _inner(layer):
+    return layer.layer if _quantized_wrapper(layer) else layer
+
+
+def _weight_integers(wrapper) -> Tuple[np.ndarray, float, int, Any]:
+    """``(integers, scale, bits, quantizer)`` of the wrapper's quantized kernel."""
+    (kernel, quantizer, variables), = wrapper_weight_quantizers(wrapper)
+    quantized = quantizer(kernel, training=False, weights=variables).numpy()
+    scale, low, high = quantizer.integer_grid(kernel, variables)
+    integers = np.round(quantized / scale)
+    if max(-low, high) > _INT8_WEIGHT_LIMIT:
+        raise ValueError(
+            f"layer {wrapper.layer.name!r}: its {int(quantizer.bit_width(variables))}-bit weight "
+            f"grid has integers up to {max(-low, high)}, beyond int8's +-127 (the DoReFa paper "
+            "grid at 8 bits); quantize with grid='symmetric' or max_bits=7")
+    return integers, scale, int(quantizer.bit_width(variables)), quantizer
+
+
+def _batch_norm_affine(batch_norm) -> Tuple[np.ndarray, np.ndarray]:
+    """``(m, offset)`` with ``BN(y) = m y + offset`` in inference mode."""
+    gamma = batch_norm.gamma.numpy() if batch_norm.scale else 1.0
+    beta = batch_norm.beta.numpy() if batch_norm.center else 0.0
+    mean, variance = batch_norm.moving_mean.numpy(), batch_norm.moving_variance.numpy()
+    multiplier = gamma / np.sqrt(variance + batch_norm.epsilon)
+    return (np.broadcast_to(multiplier, mean.shape).astype(np.float32),
+            (beta - multiplier * mean).astype(np.float32))
+
+
+def _fake_quantized_kernel(integers, scale, channel_multiplier):
+    """The kernel as the converter must see it: 8-bit FakeQuant whose scale is the grid's."""
+    if channel_multiplier is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            tf.constant(integers * scale, tf.float32), -127.0 * scale, 127.0 * scale,
+            num_bits=8, narrow_range=True)
+    # A channel whose BN multiplier is 0 is constant; any positive scale stores it.
+    channel_scale = np.maximum(scale * np.abs(channel_multiplier), 1e-12).astype(np.float32)
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.constant(integers * scale * channel_multiplier, tf.float32), -127.0 * channel_scale,
+        127.0 * channel_scale, num_bits=8, narrow_range=True)
+
+
+def _weight_layer(wrapper, x, plan):
+    inner = wrapper.layer
+    integers, scale, _, _ = plan.weights[wrapper.name]
+    bias = plan.biases[wrapper.name]
+    multiplier = None
+    if wrapper.name in plan.affines:
+        multiplier, offset = plan.affines[wrapper.name]
+        bias = multiplier * bias + offset
+    if isinstance(inner, _layers.DepthwiseConv2D):
+        height, width, channels, depth = integers.shape
+        if multiplier is not None:  # per output channel c * depth + k: last axis of [.., 1, C*D]
+            flat = _fake_quantized_kernel(integers.reshape(height, width, 1, channels * depth),
+                                          scale, multiplier)
+            kernel = tf.reshape(flat, integers.shape)
+        else:
+            kernel = _fake_quantized_kernel(integers, scale, None)
+        y = tf.nn.depthwise_conv2d(x, kernel, (1,) + tuple(inner.strides) + (1,),
+                                   inner.padding.upper(), dilations=inner.dilation_rate)
+    elif isinstance(inner, _layers.Conv2D):
+        kernel = _fake_quantized_kernel(integers, scale, multiplier)
+        y = tf.nn.conv2d(x, kernel, inner.strides, inner.padding.upper(),
+                         dilations=inner.dilation_rate)
+    else:
+        y = tf.matmul(x, _fake_quantized_kernel(integers, scale, multiplier))
+    if inner.use_bias or multiplier is not None:
+        y = y + tf.constant(np.asarray(bias, np.float32))
+    return _activation(inner, inner.activation, y)
+
+
+def _activation(layer, activation, y):
+    if activation in (None, keras.activations.linear):
+        return y
+    if activation is keras.activations.relu:
+        return tf.nn.relu(y)
+    if activation is keras.activations.relu6 or getattr(activation, "__name__", "") == "relu6":
+        return tf.nn.relu6(y)
+    raise ValueError(f"layer {layer.name!r}: activation {getattr(activation, '__name__', activation)!r} "
+                     "has no integer kernel here; allowed: linear, relu, relu6")
+
+
+def _relu_layer(layer, y):
+    if layer.negative_slope or layer.threshold:
+        raise ValueError(f"layer {layer.name!r}: a ReLU with negative_slope or threshold has no "
+                         "integer kernel here")
+    if layer.max_value is None:
+        return tf.nn.relu(y)
+    return tf.clip_by_value(y, 0.0, float(layer.max_value))
+
+
+def _quantize_output(wrapper, y, plan):
+    """Clamps `y` to the learned grid and fake-quantizes it with the 8-bit range of that step."""
+    scale, low, high, bits = plan.output_grids[wrapper.name]
+    if (low == 0 and high > 255) or (low < 0 and high > 127):
+        raise ValueError(f"layer {wrapper.layer.name!r}: its output has {bits} bits; "
+                         "activations above 8 bits (int16) are not supported by this export yet")
+    if low == 0:
+        y = tf.nn.relu(y)
+        if high < 255:
+            y = tf.minimum(y, high * scale)
+        return tf.quantization.fake_quant_with_min_max_vars(y, 0.0, 255.0 * scale, num_bits=8)
+    y = tf.clip_by_value(y, low * scale, high * scale)
+    return tf.quantization.fake_quant_with_min_max_vars(y, -128.0 * scale, 127.0 * scale,
+                                                        num_bits=8)
+
+
+def _layer_op(layer, inputs, plan) -> tf.Tensor:
+    """The float ops of one layer on its input tensors (quantization is added by the caller)."""
+    inner = _inner(layer)
+    x = inputs[0] if len(inputs) == 1 else None
+    if layer.name in plan.folded or isinstance(
+            inner, (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense)):
+        if not _quantized_wrapper(layer) or not wrapper_weight_quantizers(layer):
+            raise ValueError(f"layer {inner.name!r} ({type(inner).__name__}) is not quantized "
+                             "(skipped or float): it has no integer kernel to export")
+        return _weight_layer(layer, x, plan)
+    if isinstance(inner, _layers.BatchNormalization):
+        if inner.name in plan.folded_batch_norms:
+            return x
+        raise ValueError(f"layer {inner.name!r} (BatchNormalization) does not follow a "
+                         "convolution or dense layer it could fold into: no integer kernel")
+    if isinstance(inner, _layers.ReLU):
+        return _relu_layer(inner, x)
+    if isinstance(inner, _layers.Activation):
+        return _activation(inner, inner.activation, x)
+    if isinstance(inner, _layers.Add):
+        return tf.add_n(inputs) if len(inputs) > 2 else inputs[0] + inputs[1]
+    if isinstance(inner, _layers.Concatenate):
+        return tf.concat(inputs, axis=inner.axis)
+    if isinstance(inner, (_layers.AveragePooling2D, _layers.MaxPooling2D)):
+        pool = tf.nn.avg_pool2d if isinstance(inner, _layers.AveragePooling2D) else tf.nn.max_pool2d
+        return pool(x, inner.pool_size, inner.strides, inner.padding.upper())
+    if isinstance(inner, (_layers.GlobalAveragePooling2D, _layers.GlobalMaxPooling2D)):
+        reduce = (tf.reduce_mean if isinstance(inner, _layers.GlobalAveragePooling2D)
+                  else tf.reduce_max)
+        return reduce(x, axis=[1, 2], keepdims=bool(inner.keepdims))
+    if isinstance(inner, _layers.Flatten):
+        return tf.reshape(x, [tf.shape(x)[0], -1])
+    if isinstance(inner, _layers.Reshape):
+        return tf.reshape(x, [tf.shape(x)[0]] + list(inner.target_shape))
+    if isinstance(inner, _layers.ZeroPadding2D):
+        (top, bottom), (left, right) = inner.padding
+        return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    if isinstance(inner, (_layers.Dropout, _layers.SpatialDropout2D, _layers.Identity)):
+        return x
+    raise ValueError(f"layer {inner.name!r} ({type(inner).__name__}) has no integer kernel in "
+                     "this export")
+
+
+def integer_function(model) -> Callable:
+    """The model as a ``tf.function`` of batch-1 inputs, in the form the converter makes int8.
+
+    Raises:
+      ValueError: For a model without tfadaqat quantizers, multiple inputs or outputs, or a
+        layer that has no integer kernel (named in the message).
+    """
+    if not any(_quantized_wrapper(layer) for layer in getattr(model, "layers", [])):
+        raise ValueError(f"model {getattr(model, 'name', model)!r} was not quantized with "
+                         "tfadaqat.quantize_model: nothing to export with integer kernels")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("export_tflite supports models with one input and one output, got "
+                         f"{len(model.inputs)} and {len(model.outputs)}")
+    plan = _ExportPlan(model)
+    output_name = model.outputs[0]._keras_history.layer.name
+    spec = tf.TensorSpec([1] + list(model.inputs[0].shape[1:]), tf.float32)
+
+    def forward(images):
+        values: Dict[str, tf.Tensor] = {}
+        for node in plan.nodes:
+            layer = node.layer
+            if isinstance(layer, _layers.InputLayer):
+                values[layer.name] = images
+                continue
+            with tf.name_scope(_inner(layer).name):
+                y = _layer_op(layer, [values[name] for name in plan.inputs[layer.name]], plan)
+                if _quantized_wrapper(layer) and wrapper_output_quantizer(layer)[0] is not None:
+                    y = _quantize_output(layer, y, plan)
+            values[layer.name] = y
+        return values[output_name]
+
+    # Build once eagerly so every layer error is raised here, with its name.
+    forward(tf.zeros(spec.shape))
+    return tf.function(forward, input_signature=[spec])
+
+
+def _representative(data) -> Callable:
+    """A converter representative dataset from an array, a tf.data.Dataset or a generator."""
+    def generator():
+        source = data() if callable(data) else data
+        if isinstance(source, tf.data.Dataset):
+            source = source.unbatch().as_numpy_iterator()
+        for example in source:
+            example = example[0] if isinstance(example, (tuple, list)) else example
+            yield [np.asarray(example, np.float32)[None]]
+    return generator
+
+
+def export_tflite(model, path: str, *, representative_dataset=None,
+                  input_type=tf.float32, output_type=tf.float32,
+                  verify_with=None) -> ExportReport:
+    """Writes `model` as a TFLite file with int8 kernels at its learned bit-widths.
+
+    Args:
+      model: A model returned by :func:`tfadaqat.quantize_model` (trained or not).
+      path: The ``.tflite`` file to write; written whole or not at all.
+      representative_dataset: Examples (NumPy array, ``tf.data.Dataset`` of examples or of
+        ``(x, y)``, or a generator function) for tensors whose range training did not fix
+        (a float output, for instance). Not needed when every tensor is quantized.
+      input_type: ``tf.float32`` (quantize inside the file) or ``tf.int8``.
+      output_type: ``tf.float32`` (dequantize inside the file) or ``tf.int8``.
+      verify_with: Optional examples (array or dataset, as above) run through the file and the
+        Keras model in inference mode; the report then holds their agreement.
+
+    Returns:
+      An :class:`ExportReport`.
+
+    Raises:
+      ValueError: For a model not quantized with tfadaqat, a layer without an integer kernel
+        (named), bad `input_type`/`output_type`, or a converted file with a float kernel.
+      OSError: If the folder of `path` is missing or not writable (nothing is written).
+    """
+    for name, value in (("input_type", input_type), ("output_type", output_type)):
+        if value not in (tf.float32, tf.int8):
+            raise ValueError(f"{name} must be tf.float32 or tf.int8, got {value!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise OSError(f"cannot write {path!r}: folder {folder!r} is missing or not writable")
+    function = integer_function(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = input_type
+    converter.inference_output_type = output_type
+    if representative_dataset is not None:
+        converter.representative_dataset = _representative(representative_dataset)
+    content = converter.convert()
+    interpreter = tflite_interpreter(content)
+    interpreter.allocate_tensors()
+    ops = _check_integer_kernels(interpreter)
+    handle, temporary = tempfile.mkstemp(suffix=".tflite.partial", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    report = ExportReport(path=path, file_bytes=len(content), ops=ops, packing=_PACKING_NOTE,
+                          layers=_stored_weights(model, interpreter),
+                          **_sizes(model))
+    if verify_with is not None:
+        _verify(model, interpreter, verify_with, report)
+    return report
+
+
+def _check_integer_kernels(interpreter) -> List[str]:
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    names = []
+    for op_name, inputs in tflite_ops(interpreter):
+        names.append(op_name)
+        if op_name not in INTEGER_KERNELS:
+            continue
+        floats = [details[i]["name"] for i in inputs
+                  if i >= 0 and details[i]["dtype"] not in (np.int8, np.int32)]
+        if floats:
+            raise ValueError(f"the converted file runs {op_name} on float tensors {floats}: "
+                             "a tensor lacks a learned range (pass representative_dataset)")
+    return names
+
+
+def _stored_weights(model, interpreter) -> List[LayerExport]:
+    """Per quantized kernel: its learned bits and the distinct int8 values of its file tensor."""
+    tensors = [d for d in interpreter.get_tensor_details()
+               if d["dtype"] == np.int8 and len(d["shape"]) in (2, 4)]
+    rows = []
+    for layer in model.layers:
+        if not _quantized_wrapper(layer) or not wrapper_weight_quantizers(layer):
+            continue
+        _, _, bits, quantizer = _weight_integers(layer)
+        (kernel, _, variables), = wrapper_weight_quantizers(layer)
+        _, low, high = quantizer.integer_grid(kernel, variables)
+        allowed = min(high - low + 1, 2**bits)
+        name = layer.layer.name
+        matches = [d for d in tensors if d["name"].split("/")[0] == name
+                   and "FakeQuant" in d["name"]]
+        distinct = len(np.unique(interpreter.get_tensor(matches[0]["index"]))) if matches else -1
+        rows.append(LayerExport(name, bits, allowed, distinct))
+    return rows
+
+
+def _sizes(model) -> Dict[str, float]:
+    from tfadaqat.cost import cost  # cost -> quantize -> model; export is imported after
+    model_cost = cost(model)
+    # Weight memory counts kernels at their bits and biases (and float layers) at 32.
+    return {"float32_bytes": 4 * model_cost.params,
+            "packed_bytes": model_cost.weight_memory_bits / 8}
+
+
+def _examples(model, data) -> np.ndarray:
+    """Examples as one float32 array from an array or a dataset of examples or batches."""
+    if isinstance(data, tf.data.Dataset):
+        parts = [part[0] if isinstance(part, (tuple, list)) else part
+                 for part in data.as_numpy_iterator()]
+        rank = len(model.inputs[0].shape)
+        data = np.concatenate(parts) if parts[0].ndim == rank else np.stack(parts)
+    return np.asarray(data, np.float32)
+
+
+def _verify(model, interpreter, data, report: ExportReport) -> None:
+    images = _examples(model, data)
+    expected = model.predict(images, verbose=0)
+    output_wrapper = model.outputs[0]._keras_history.layer
+    quantizer, variables = wrapper_output_quantizer(output_wrapper) \
+        if _quantized_wrapper(output_wrapper) else (None, None)
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    step = quantizer.integer_grid(None, variables)[0] if quantizer is not None \
+        else output_detail["quantization"][0] or 1.0
+    results = []
+    for image in images:
+        value = image[None]
+        if input_detail["dtype"] == np.int8:
+            scale, zero_point = input_detail["quantization"]
+            value = np.clip(np.round(value / scale) + zero_point, -128, 127).astype(np.int8)
+        interpreter.set_tensor(input_detail["index"], value)
+        interpreter.invoke()
+        output = interpreter.get_tensor(output_detail["index"]).astype(np.float32)
+        if output_detail["dtype"] == np.int8:
+            scale, zero_point = output_detail["quantization"]
+            output = (output - zero_point) * scale
+        results.append(output[0])
+    results = np.stack(results)
+    report.examples = len(images)
+    report.top1_agreement = float(np.mean(np.argmax(results, -1) == np.argmax(expected, -1)))
+    report.max_output_difference = float(np.max(np.abs(results - expected)) / step)
