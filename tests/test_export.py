@@ -131,9 +131,10 @@ def test_activation_takes_at_most_two_to_the_bits_values(tmp_path):
 def test_top1_agrees_on_digits(tmp_path, method):
     """Measured bounds of this export on the digits test split (450 images).
 
-    Issue 4 targets top-1 >= 99.5% and <= 2 output steps; measured here 99.6% / 3 steps
-    (adaqat), 99.8% / 2 (dq), 98.9% / 2 (lsq): float-vs-integer rounding at grid boundaries
-    moves an intermediate value by one step now and then, and it propagates.
+    Issue 4 targets top-1 >= 99.5% and <= 2 output steps; measured here 99.6% / 2 steps
+    (adaqat), 99.8% / 2 (dq), 99.3% / 1 (lsq). The int32 bias of a folded BatchNorm is
+    rounded to the grid ``input step x weight step`` in the file, not in Keras, so a value
+    within a few hundredths of a step of a rounding boundary moves by one step now and then.
     """
     from models import small_cnn
     from recipes.data import load_digits
@@ -150,8 +151,8 @@ def test_top1_agrees_on_digits(tmp_path, method):
     qmodel.fit(train_x, train_y, batch_size=64, epochs=2, verbose=0)
     report = export.export_tflite(qmodel, str(tmp_path / "digits.tflite"), verify_with=test_x)
     assert report.examples == len(test_x) == 450
-    assert report.top1_agreement >= 0.985
-    assert report.max_output_difference <= 3.0 + 1e-4
+    assert report.top1_agreement >= 0.99
+    assert report.max_output_difference <= 2.0 + 1e-4
 
 
 def test_bad_input(tmp_path):
@@ -182,3 +183,17 @@ def test_paper_dorefa_grid_at_8_bits_is_refused_with_the_fix():
     qmodel = tfadaqat.quantize_model(_export_model(), "adaqat", adaqat_rule=None)
     with pytest.raises(ValueError, match="grid='symmetric'"):
         export.integer_function(qmodel)
+
+
+def test_command_line_exports_and_verifies(tmp_path, capsys):
+    from models import small_cnn
+    qmodel = tfadaqat.quantize_model(small_cnn(), "lsq", weight_bits=4, activation_bits=4)
+    qmodel.initialize_quantizers(np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 1)))
+    model_path, out = str(tmp_path / "m.keras"), str(tmp_path / "m.tflite")
+    qmodel.save(model_path)
+    assert export.main(["--model", model_path, "--out", out, "--verify-digits"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("loading", "building the integer graph", "converting", "writing",
+                  "verifying", "verified on 450 images"):
+        assert stage in printed
+    assert os.path.getsize(out) > 0

@@ -13,10 +13,12 @@ learned ``b``-bit grids are mapped onto int8 storage here, and the converter onl
   symmetric grids). A BatchNormalization after a convolution or dense layer is folded into
   per-output-channel scales ``scale |m_c|`` (``m_c = gamma_c / sqrt(var_c + eps)``, its sign
   carried by the stored integers) and the int32 bias, so the integers stay the trained ones.
-* **Activations.** A tensor quantized to ``s k``, ``k`` in ``[low, high]``, is clamped to
-  ``[low s, high s]`` (ReLU and MINIMUM/MAXIMUM ops) and then fake-quantized with the 8-bit
-  range whose step is ``s``: ``[0, 255 s]`` for unsigned tensors (zero point -128), ``[-128 s,
-  127 s]`` for signed ones (zero point 0). It therefore takes at most ``2^b`` values.
+* **Activations.** A tensor quantized to ``s k``, ``k`` in ``[low, high]``, is fake-quantized
+  with an 8-bit range whose step is ``s``. Unsigned (``[0, high]``): ``[(high - 255) s,
+  high s]``, zero point ``127 - high``, so int8's top is ``high s`` and the producing kernel's
+  saturation and fused ReLU do the clamp. Signed (``[-high, high]``): the same range, and
+  one MAXIMUM op clamps the bottom at ``-high s``. Either way the tensor takes at most
+  ``2^b`` values.
 
 Everything between (convolutions, dense, depthwise, add, pooling, mean, concatenation) runs
 with TFLite's int8 kernels; :func:`export_tflite` checks the file and refuses to write one
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -42,6 +45,9 @@ INTEGER_KERNELS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "ME
                    "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "MINIMUM", "MAXIMUM",
                    "RESHAPE", "PAD", "SUM", "REDUCE_MAX")
 _INT8_WEIGHT_LIMIT = 127
+_NON_NEGATIVE_WHEN_UNSIGNED = (_layers.AveragePooling2D, _layers.GlobalAveragePooling2D,
+                               _layers.MaxPooling2D, _layers.GlobalMaxPooling2D,
+                               _layers.Concatenate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,13 +237,17 @@ def _quantize_output(wrapper, y, plan):
         raise ValueError(f"layer {wrapper.layer.name!r}: its output has {bits} bits; "
                          "activations above 8 bits (int16) are not supported by this export yet")
     if low == 0:
-        y = tf.nn.relu(y)
-        if high < 255:
-            y = tf.minimum(y, high * scale)
-        return tf.quantization.fake_quant_with_min_max_vars(y, 0.0, 255.0 * scale, num_bits=8)
-    y = tf.clip_by_value(y, low * scale, high * scale)
-    return tf.quantization.fake_quant_with_min_max_vars(y, -128.0 * scale, 127.0 * scale,
-                                                        num_bits=8)
+        # Pooling and concatenation of unsigned tensors are non-negative already; a ReLU there
+        # (no kernel to fuse into) would make the converter round once more on the input grid.
+        if not isinstance(wrapper.layer, _NON_NEGATIVE_WHEN_UNSIGNED):
+            y = tf.nn.relu(y)
+        # Zero point 127 - high puts int8's top at high * scale: the kernel's own saturation
+        # clamps there, and its fused ReLU at 0, with no MINIMUM op.
+        return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
+                                                            high * scale, num_bits=8)
+    # Signed: the same top at high * scale; the bottom needs one MAXIMUM op.
+    return tf.quantization.fake_quant_with_min_max_vars(
+        tf.maximum(y, low * scale), (high - 255.0) * scale, high * scale, num_bits=8)
 
 
 def _layer_op(layer, inputs, plan) -> tf.Tensor:
@@ -333,7 +343,8 @@ def _representative(data) -> Callable:
 
 def export_tflite(model, path: str, *, representative_dataset=None,
                   input_type=tf.float32, output_type=tf.float32,
-                  verify_with=None) -> ExportReport:
+                  verify_with=None,
+                  progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
     """Writes `model` as a TFLite file with int8 kernels at its learned bit-widths.
 
     Args:
@@ -346,6 +357,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
       output_type: ``tf.float32`` (dequantize inside the file) or ``tf.int8``.
       verify_with: Optional examples (array or dataset, as above) run through the file and the
         Keras model in inference mode; the report then holds their agreement.
+      progress: Called with a message at each stage (the command line prints them).
 
     Returns:
       An :class:`ExportReport`.
@@ -361,18 +373,29 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise OSError(f"cannot write {path!r}: folder {folder!r} is missing or not writable")
+    say = progress or (lambda message: None)
+    say("building the integer graph")
     function = integer_function(model)
+    say("converting with the TFLite converter")
+    holder = tf.Module()  # the function holds constants only: no model to save
+    holder.forward = function
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], model)
+        [function.get_concrete_function()], holder)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = input_type
     converter.inference_output_type = output_type
     if representative_dataset is not None:
         converter.representative_dataset = _representative(representative_dataset)
-    content = converter.convert()
+    with warnings.catch_warnings():
+        # The input's range is the input quantization point's FakeQuant, which the converter
+        # reads; it warns as if no range were known.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        content = converter.convert()
     interpreter = tflite_interpreter(content)
     interpreter.allocate_tensors()
+    say("checking that every kernel is integer")
     ops = _check_integer_kernels(interpreter)
+    say(f"writing {path} ({len(content):,} bytes)")
     handle, temporary = tempfile.mkstemp(suffix=".tflite.partial", dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -386,6 +409,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
                           layers=_stored_weights(model, interpreter),
                           **_sizes(model))
     if verify_with is not None:
+        say("verifying against the Keras model")
         _verify(model, interpreter, verify_with, report)
     return report
 
@@ -470,3 +494,47 @@ def _verify(model, interpreter, data, report: ExportReport) -> None:
     report.examples = len(images)
     report.top1_agreement = float(np.mean(np.argmax(results, -1) == np.argmax(expected, -1)))
     report.max_output_difference = float(np.max(np.abs(results - expected)) / step)
+
+
+def _digits_like(model) -> np.ndarray:
+    """scikit-learn's digits test split (the last quarter), resized to the model's input."""
+    from sklearn.datasets import load_digits
+    images = (load_digits().images / 16.0).astype(np.float32)[..., None]
+    height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+    images = tf.image.resize(images, (height, width)).numpy().clip(0.0, 1.0)
+    return np.repeat(images, channels, axis=-1)[-len(images) // 4:]
+
+
+def main(argv=None) -> int:
+    """``python -m tfadaqat.export --model PATH.keras --out model.tflite [--verify-digits]``."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="python -m tfadaqat.export",
+        description="Exports a model saved from tfadaqat to an integer TFLite file.")
+    parser.add_argument("--model", required=True, help="a .keras file saved from tfadaqat")
+    parser.add_argument("--out", required=True, help="the .tflite file to write")
+    parser.add_argument("--int8-io", action="store_true", help="int8 input and output")
+    parser.add_argument("--verify-digits", action="store_true",
+                        help="compare with Keras on scikit-learn's digits (resized)")
+    args = parser.parse_args(argv)
+    from tfadaqat.quantize import load_model  # quantize -> model; export is imported after
+    print(f"loading {args.model}", flush=True)
+    model = load_model(args.model)
+    io_type = tf.int8 if args.int8_io else tf.float32
+    verify = _digits_like(model) if args.verify_digits else None
+    report = export_tflite(model, args.out, input_type=io_type, output_type=io_type,
+                           verify_with=verify, progress=lambda m: print(m, flush=True))
+    print(f"file {report.file_bytes:,} bytes; float32 {report.float32_bytes:,}; packed "
+          f"{report.packed_bytes:,.0f}; {report.packing}")
+    for row in report.layers:
+        print(f"  {row.layer}: {row.bits} bits, {row.distinct_values} distinct of "
+              f"{row.allowed_values} allowed")
+    if report.examples:
+        print(f"verified on {report.examples} images: top-1 agreement "
+              f"{report.top1_agreement:.4f}, largest output difference "
+              f"{report.max_output_difference:.2f} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
