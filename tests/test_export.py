@@ -131,10 +131,10 @@ def test_activation_takes_at_most_two_to_the_bits_values(tmp_path):
 def test_top1_agrees_on_digits(tmp_path, method):
     """Measured bounds of this export on the digits test split (450 images).
 
-    Issue 4 targets top-1 >= 99.5% and <= 2 output steps; measured here 99.6% / 2 steps
-    (adaqat), 99.8% / 2 (dq), 99.3% / 1 (lsq). The int32 bias of a folded BatchNorm is
-    rounded to the grid ``input step x weight step`` in the file, not in Keras, so a value
-    within a few hundredths of a step of a rounding boundary moves by one step now and then.
+    Issue 4 targets top-1 >= 99.5% and <= 2 output steps. The int32 bias of a folded
+    BatchNorm is rounded to the grid ``input step x weight step`` in the file, not in Keras,
+    so a value within a few hundredths of a step of a rounding boundary moves by one step now
+    and then; at the top of 6-bit logits that makes or breaks ties.
     """
     from models import small_cnn
     from recipes.data import load_digits
@@ -151,7 +151,9 @@ def test_top1_agrees_on_digits(tmp_path, method):
     qmodel.fit(train_x, train_y, batch_size=64, epochs=2, verbose=0)
     report = export.export_tflite(qmodel, str(tmp_path / "digits.tflite"), verify_with=test_x)
     assert report.examples == len(test_x) == 450
-    assert report.top1_agreement >= 0.99
+    assert report.top1_agreement >= 0.995
+    assert report.top1_strict_agreement >= 0.99
+    assert report.top1_strict_agreement <= report.top1_agreement
     assert report.max_output_difference <= 2.0 + 1e-4
 
 
@@ -175,6 +177,28 @@ def test_layer_without_integer_kernel_is_named(tmp_path):
     with pytest.warns(UserWarning, match="norm"):
         qmodel = tfadaqat.quantize_model(keras.Model(inputs, outputs), "lsq")
     with pytest.raises(ValueError, match="'norm' \\(LayerNormalization\\) has no integer kernel"):
+        export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_representative_dataset_forms(tmp_path):
+    qmodel = _trained("lsq", weight_bits=4, activation_bits=4)
+    images, labels = _data(8, seed=4)
+    sizes = set()
+    for index, data in enumerate([
+            images,
+            tf.data.Dataset.from_tensor_slices((images, labels)).batch(4),
+            lambda: iter(images)]):
+        report = export.export_tflite(qmodel, str(tmp_path / f"r{index}.tflite"),
+                                      representative_dataset=data)
+        sizes.add(report.file_bytes)
+    assert len(sizes) == 1  # every range is learned: the calibration data changes nothing
+
+
+def test_activations_above_8_bits_are_refused(tmp_path):
+    qmodel = tfadaqat.quantize_model(_export_model(), "lsq", weight_bits=4, activation_bits=10)
+    qmodel.initialize_quantizers(_data(4)[0])
+    with pytest.raises(ValueError, match="10 bits; activations above 8 bits \\(int16\\)"):
         export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
     assert os.listdir(tmp_path) == []
 
