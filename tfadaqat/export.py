@@ -221,8 +221,9 @@ def _activation(layer, activation, y):
         return tf.nn.relu(y)
     if activation is keras.activations.relu6 or getattr(activation, "__name__", "") == "relu6":
         return tf.nn.relu6(y)
-    raise ValueError(f"layer {layer.name!r}: activation {getattr(activation, '__name__', activation)!r} "
-                     "has no integer kernel here; allowed: linear, relu, relu6")
+    name = getattr(activation, "__name__", activation)
+    raise ValueError(f"layer {layer.name!r}: activation {name!r} has no integer kernel here; "
+                     "allowed: linear, relu, relu6")
 
 
 def _relu_layer(layer, y):

@@ -122,7 +122,7 @@ class QuantizedModel(keras.Model):
         from tfadaqat.budget import budget_penalty  # see from_config
         from tfadaqat.cost import differentiable_cost
         if rule is not None:
-            budget = None  # AdaQAT meets its budget in the probe (tfadaqat.adaqat), not by a penalty
+            budget = None  # AdaQAT meets its budget in its probe (tfadaqat.adaqat): no penalty
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
