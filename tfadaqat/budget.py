@@ -93,8 +93,8 @@ class Budget:
             raise ValueError(f"model {model.name!r} has nothing quantized by tfadaqat; a budget "
                              "needs quantized tensors whose bit-widths can change")
         reduce = self.activation_reduce
-        smallest = _totals(cost(model, activation_reduce=reduce, bits=lowest))
-        reference = _totals(cost(model, activation_reduce=reduce, bits=uniform_bits(model, 8)))
+        smallest = cost_totals(cost(model, activation_reduce=reduce, bits=lowest))
+        reference = cost_totals(cost(model, activation_reduce=reduce, bits=uniform_bits(model, 8)))
         absolute = {}
         for name in QUANTITIES:
             value = self.limit(name)
@@ -109,7 +109,8 @@ class Budget:
         return Budget(activation_reduce=reduce, **absolute)
 
 
-def _totals(model_cost) -> Dict[str, float]:
+def cost_totals(model_cost) -> Dict[str, float]:
+    """The totals of a :class:`tfadaqat.ModelCost` keyed by :data:`QUANTITIES`."""
     return {"bitops": float(model_cost.bitops), "weight_kb": model_cost.weight_kb,
             "activation_kb": model_cost.activation_kb}
 

@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tfadaqat._compat import functional_nodes_by_depth, keras, tf, tfmot
-from tfadaqat.quantize import WEIGHT_ATTRIBUTES, quantized_tensors
+from tfadaqat._compat import functional_nodes_by_depth, keras, tf
+from tfadaqat.quantize import WEIGHT_ATTRIBUTES, quantized_tensors, unwrapped_layer
 
 FLOAT_BITS = 32
 BITS_PER_KB = 8 * 1024
@@ -126,8 +126,7 @@ def _cost_terms(model) -> List[_LayerTerms]:
     for depth in sorted(nodes_by_depth, reverse=True):
         for node in nodes_by_depth[depth]:
             layer = node.layer
-            inner = layer.layer if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) \
-                else layer
+            inner = unwrapped_layer(layer)
             inbound = [t._keras_history.layer for t in tf.nest.flatten(node.keras_inputs)]
             upstream = [carried.get(p.name) for p in inbound]
             input_key = upstream[0] if len(upstream) == 1 else None

@@ -31,13 +31,14 @@ import dataclasses
 import os
 import tempfile
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from tfadaqat._compat import (functional_nodes_by_depth, keras, tf, tflite_interpreter,
                               tflite_ops, tfmot, wrapper_output_quantizer,
                               wrapper_weight_quantizers)
+from tfadaqat.quantize import unwrapped_layer
 
 _layers = keras.layers
 #: Ops whose inputs must all be integer tensors in an exported file.
@@ -118,14 +119,14 @@ class _ExportPlan:
                 consumers.setdefault(name, []).append(node.layer)
         self.folded: Dict[str, Any] = {}  # weight layer name -> the BatchNormalization it absorbs
         for node in self.nodes:
-            inner = _inner(node.layer)
+            inner = unwrapped_layer(node.layer)
             following = consumers.get(node.layer.name, [])
             if (isinstance(inner, (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense))
                     and inner.activation in (None, keras.activations.linear)
                     and wrapper_output_quantizer(node.layer)[0] is None
                     and len(following) == 1
-                    and isinstance(_inner(following[0]), _layers.BatchNormalization)):
-                self.folded[node.layer.name] = _inner(following[0])
+                    and isinstance(unwrapped_layer(following[0]), _layers.BatchNormalization)):
+                self.folded[node.layer.name] = unwrapped_layer(following[0])
         self.folded_batch_norms = {bn.name for bn in self.folded.values()}
         # Read every learned value now, eagerly: the traced function holds constants only.
         self.weights, self.biases, self.output_grids = {}, {}, {}
@@ -144,22 +145,28 @@ class _ExportPlan:
                     *quantizer.integer_grid(None, variables), int(quantizer.bit_width(variables)))
 
 
-def _inner(layer):
-    return layer.layer if _quantized_wrapper(layer) else layer
+class _Kernel(NamedTuple):
+    """A quantized kernel as stored: ``scale x integers``, from a grid of `allowed` values."""
+
+    integers: np.ndarray
+    scale: float
+    bits: int
+    allowed: int
 
 
-def _weight_integers(wrapper) -> Tuple[np.ndarray, float, int, Any]:
-    """``(integers, scale, bits, quantizer)`` of the wrapper's quantized kernel."""
+def _weight_integers(wrapper) -> _Kernel:
+    """The wrapper's quantized kernel as integers on its learned grid."""
     (kernel, quantizer, variables), = wrapper_weight_quantizers(wrapper)
     quantized = quantizer(kernel, training=False, weights=variables).numpy()
     scale, low, high = quantizer.integer_grid(kernel, variables)
-    integers = np.round(quantized / scale)
+    bits = int(quantizer.bit_width(variables))
     if max(-low, high) > _INT8_WEIGHT_LIMIT:
         raise ValueError(
-            f"layer {wrapper.layer.name!r}: its {int(quantizer.bit_width(variables))}-bit weight "
+            f"layer {wrapper.layer.name!r}: its {bits}-bit weight "
             f"grid has integers up to {max(-low, high)}, beyond int8's +-127 (the DoReFa paper "
             "grid at 8 bits); quantize with grid='symmetric' or max_bits=7")
-    return integers, scale, int(quantizer.bit_width(variables)), quantizer
+    # The DoReFa paper grid holds only odd integers: 2^b of its 2 high + 1.
+    return _Kernel(np.round(quantized / scale), scale, bits, min(high - low + 1, 2**bits))
 
 
 def _batch_norm_affine(batch_norm) -> Tuple[np.ndarray, np.ndarray]:
@@ -257,7 +264,7 @@ def _quantize_output(wrapper, y, plan):
 
 def _layer_op(layer, inputs, plan) -> tf.Tensor:
     """The float ops of one layer on its input tensors (quantization is added by the caller)."""
-    inner = _inner(layer)
+    inner = unwrapped_layer(layer)
     x = inputs[0] if len(inputs) == 1 else None
     if layer.name in plan.folded or isinstance(
             inner, (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense)):
@@ -305,13 +312,20 @@ def integer_function(model) -> Callable:
       ValueError: For a model without tfadaqat quantizers, multiple inputs or outputs, or a
         layer that has no integer kernel (named in the message).
     """
+    return _integer_function(model, _plan(model))
+
+
+def _plan(model) -> _ExportPlan:
     if not any(_quantized_wrapper(layer) for layer in getattr(model, "layers", [])):
         raise ValueError(f"model {getattr(model, 'name', model)!r} was not quantized with "
                          "tfadaqat.quantize_model: nothing to export with integer kernels")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError("export_tflite supports models with one input and one output, got "
                          f"{len(model.inputs)} and {len(model.outputs)}")
-    plan = _ExportPlan(model)
+    return _ExportPlan(model)
+
+
+def _integer_function(model, plan: _ExportPlan) -> Callable:
     output_name = model.outputs[0]._keras_history.layer.name
     spec = tf.TensorSpec([1] + list(model.inputs[0].shape[1:]), tf.float32)
 
@@ -322,7 +336,7 @@ def integer_function(model) -> Callable:
             if isinstance(layer, _layers.InputLayer):
                 values[layer.name] = images
                 continue
-            with tf.name_scope(_inner(layer).name):
+            with tf.name_scope(unwrapped_layer(layer).name):
                 y = _layer_op(layer, [values[name] for name in plan.inputs[layer.name]], plan)
                 if _quantized_wrapper(layer) and wrapper_output_quantizer(layer)[0] is not None:
                     y = _quantize_output(layer, y, plan)
@@ -380,7 +394,8 @@ def export_tflite(model, path: str, *, representative_dataset=None,
         raise OSError(f"cannot write {path!r}: folder {folder!r} is missing or not writable")
     say = progress or (lambda message: None)
     say("building the integer graph")
-    function = integer_function(model)
+    plan = _plan(model)
+    function = _integer_function(model, plan)
     say("converting with the TFLite converter")
     holder = tf.Module()  # the function holds constants only: no model to save
     holder.forward = function
@@ -411,7 +426,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
             os.remove(temporary)
         raise
     report = ExportReport(path=path, file_bytes=len(content), ops=ops, packing=_PACKING_NOTE,
-                          layers=_stored_weights(model, interpreter),
+                          layers=_stored_weights(plan, interpreter),
                           **_sizes(model))
     if verify_with is not None:
         say("verifying against the Keras model")
@@ -434,23 +449,20 @@ def _check_integer_kernels(interpreter) -> List[str]:
     return names
 
 
-def _stored_weights(model, interpreter) -> List[LayerExport]:
+def _stored_weights(plan: _ExportPlan, interpreter) -> List[LayerExport]:
     """Per quantized kernel: its learned bits and the distinct int8 values of its file tensor."""
     tensors = [d for d in interpreter.get_tensor_details()
                if d["dtype"] == np.int8 and len(d["shape"]) in (2, 4)]
     rows = []
-    for layer in model.layers:
-        if not _quantized_wrapper(layer) or not wrapper_weight_quantizers(layer):
+    for node in plan.nodes:
+        kernel = plan.weights.get(node.layer.name)
+        if kernel is None:
             continue
-        _, _, bits, quantizer = _weight_integers(layer)
-        (kernel, _, variables), = wrapper_weight_quantizers(layer)
-        _, low, high = quantizer.integer_grid(kernel, variables)
-        allowed = min(high - low + 1, 2**bits)
-        name = layer.layer.name
+        name = unwrapped_layer(node.layer).name
         matches = [d for d in tensors if d["name"].split("/")[0] == name
                    and "FakeQuant" in d["name"]]
         distinct = len(np.unique(interpreter.get_tensor(matches[0]["index"]))) if matches else -1
-        rows.append(LayerExport(name, bits, allowed, distinct))
+        rows.append(LayerExport(name, kernel.bits, kernel.allowed, distinct))
     return rows
 
 

@@ -447,6 +447,11 @@ def load_model(path, **kwargs):
         return keras.models.load_model(path, **kwargs)
 
 
+def unwrapped_layer(layer):
+    """The layer a TFMOT ``QuantizeWrapper`` wraps, or `layer` itself if it is not wrapped."""
+    return layer.layer if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) else layer
+
+
 def _quantized_layers(model) -> Iterator[Any]:
     for layer in model.layers:
         if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) and isinstance(

@@ -66,12 +66,11 @@ def budget_status(model, current=None) -> Dict[str, Dict[str, Any]]:
 
     Costs are computed with the budget's own activation reduction.
     """
-    from tfadaqat.budget import QUANTITIES  # budget -> cost; report is imported after both
+    from tfadaqat.budget import QUANTITIES, cost_totals  # budget -> cost; report comes after
     budget = model.budget
     if current is None or current.activation_reduce != budget.activation_reduce:
         current = cost(model, activation_reduce=budget.activation_reduce)
-    values = {"bitops": float(current.bitops), "weight_kb": current.weight_kb,
-              "activation_kb": current.activation_kb}
+    values = cost_totals(current)
     return {name: {"limit": budget.limit(name), "value": values[name],
                    "met": values[name] <= budget.limit(name)}
             for name in QUANTITIES if budget.limit(name) is not None}
