@@ -127,6 +127,32 @@ def test_activation_takes_at_most_two_to_the_bits_values(tmp_path):
     assert min(len(values) for values in seen.values()) <= 2**3
 
 
+def test_relu6_cap_below_the_grid_top_is_exported_exactly(tmp_path):
+    # 4-bit unsigned grid of step 0.75 reaches 15 x 0.75 = 11.25; ReLU6 caps at 6, i.e. at the
+    # integer round(6 / 0.75) = 8. Keras: round(min(y, 6) / s); the file: its clamped grid.
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(3, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    outputs = keras.layers.ReLU(6.0, name="relu6")(x)
+    model = keras.Model(inputs, keras.layers.Flatten(name="flat")(outputs))
+    qmodel = tfadaqat.quantize_model(model, "lsq", weight_bits=8, activation_bits=4)
+    images = np.random.default_rng(0).normal(0, 4, (32, 4, 4, 2)).astype(np.float32)
+    qmodel.initialize_quantizers(images)
+    steps = [v for v in qmodel.get_layer("quant_relu6").weights if v.name == "output_step:0"]
+    assert len(steps) == 1
+    steps[0].assign(0.75)
+    keras_outputs = qmodel.predict(images, verbose=0)
+    assert keras_outputs.max() == pytest.approx(6.0) and (keras_outputs > 0).mean() > 0.2
+    report = export.export_tflite(qmodel, str(tmp_path / "relu6.tflite"), verify_with=images)
+    assert "CONV_2D" in report.ops
+    assert report.max_output_difference <= 1.0 + 1e-4
+    interpreter = tflite_interpreter(open(tmp_path / "relu6.tflite", "rb").read())
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images[:1])
+    interpreter.invoke()
+    assert interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).max() <= 6.0
+
+
 @pytest.mark.parametrize("method", ["adaqat", "dq", "lsq"])
 def test_top1_agrees_on_digits(tmp_path, method):
     """Measured bounds of this export on the digits test split (450 images).
