@@ -74,6 +74,32 @@ def _finite(values: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.math.is_finite(values), values, tf.zeros_like(values))
 
 
+def _over_replicas(value: tf.Tensor, reduction: str) -> tf.Tensor:
+    """`value`, a statistic of this replica's share of the batch, reduced over all replicas.
+
+    Under tf.distribute each replica sees ``batch / replicas`` examples; initial values must
+    come from the whole batch, as on one device (the largest ``|x|`` of the batch is the
+    largest of the replicas' largest; the mean over equal shares is the mean of their means).
+    Outside a multi-replica step this is `value`. `reduction` is "max" or "mean".
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    if reduction == "mean":
+        return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+    return tf.reduce_max(context.all_gather(value[None], axis=0))  # ReduceOp has no MAX
+
+
+def _largest_magnitude(values: tf.Tensor) -> tf.Tensor:
+    """``max |values|`` over the finite entries of the whole (global) batch."""
+    return _over_replicas(tf.reduce_max(tf.abs(_finite(values))), "max")
+
+
+def _mean_magnitude(values: tf.Tensor) -> tf.Tensor:
+    """``mean |values|`` over the whole (global) batch (non-finite entries count as 0)."""
+    return _over_replicas(tf.reduce_mean(tf.abs(_finite(values))), "mean")
+
+
 class TensorQuantizer(base_quantizer_class):
     """Shared plumbing of tfadaqat quantizers: variables, lazy initialisation, config.
 
@@ -322,8 +348,7 @@ class PACTActivationQuantizer(_RelaxedBitsMixin, TensorQuantizer):
         return {"alpha": (6.0, True), **self._bits_specs()}
 
     def _initial_values(self, tensor):
-        largest = tf.reduce_max(tf.abs(_finite(tensor)))
-        return {"alpha": tf.maximum(largest, 1e-3)}
+        return {"alpha": tf.maximum(_largest_magnitude(tensor), 1e-3)}
 
     def _constraint(self, variable_name):
         if variable_name == "alpha":
@@ -377,8 +402,7 @@ class LSQQuantizer(TensorQuantizer):
         return ops.integer_range(self.bits, self.signed)[1]
 
     def _initial_values(self, tensor):
-        mean_magnitude = tf.reduce_mean(tf.abs(_finite(tensor)))
-        step = 2.0 * mean_magnitude / math.sqrt(self._positive_high())
+        step = 2.0 * _mean_magnitude(tensor) / math.sqrt(self._positive_high())
         return {"step": tf.maximum(step, 1e-8)}
 
     def bit_width(self, variables):
@@ -480,7 +504,7 @@ class DQQuantizer(TensorQuantizer):
     def _initial_values(self, tensor):
         # The paper's rule for weights, d = 2^floor(log2(max|x| / high)), applied to the first
         # tensor seen (weights, or the first batch of activations).
-        largest = tf.maximum(tf.reduce_max(tf.abs(_finite(tensor))), 1e-8)
+        largest = tf.maximum(_largest_magnitude(tensor), 1e-8)
         high = float(self._high(self.bits))
         step = tf.pow(2.0, tf.floor(tf.math.log(largest / high) / math.log(2.0)))
         step = tf.clip_by_value(step, self.min_step, self.max_step)
