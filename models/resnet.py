@@ -1,9 +1,11 @@
-"""CIFAR-style ResNets (He et al. 2016, arXiv:1512.03385, section 4.2) as tf-keras Functional models.
+"""CIFAR-style ResNets (He et al. 2016, arXiv:1512.03385, section 4.2) as Functional models.
 
 Three stages of ``n`` basic blocks with 16, 32 and 64 filters; depth ``6n + 2`` (ResNet20:
 ``n = 3``, about 0.27M parameters). Shortcuts that change shape use a 1x1 projection with
-BatchNormalization (option B). Layer names are deterministic, so checkpoints and reports line up
-across runs.
+BatchNormalization (option B; the paper's CIFAR models use option A, zero-padded identity
+shortcuts, which have no parameters; option B adds two 1x1 convolutions and their
+BatchNormalization, 2,752 trainable weights for ResNet20). Layer names are deterministic, so
+checkpoints and reports line up across runs.
 """
 
 from __future__ import annotations
@@ -11,31 +13,14 @@ from __future__ import annotations
 import tfadaqat  # noqa: F401  (legacy Keras before any Keras object is built)
 from tfadaqat._compat import keras
 
+from models._blocks import (basic_block, check_bn_momentum, check_input_shape, check_positive,
+                            conv_bn)
+
 layers = keras.layers
 
 
-def _conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool):
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                      kernel_initializer="he_normal", kernel_regularizer=None,
-                      name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    if relu:
-        x = layers.ReLU(name=f"{name}_relu")(x)
-    return x
-
-
-def _basic_block(x, filters: int, strides: int, name: str):
-    shortcut = x
-    y = _conv_bn(x, filters, 3, strides, f"{name}_1", relu=True)
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_shortcut", relu=False)
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_out")(y)
-
-
 def resnet_cifar(depth: int = 20, *, input_shape=(32, 32, 3), num_classes: int = 10,
-                 width: int = 16, name: str = None):
+                 width: int = 16, bn_momentum: float = 0.99, name: str = None):
     """A CIFAR ResNet of `depth` = 6n + 2 layers.
 
     Args:
@@ -43,22 +28,34 @@ def resnet_cifar(depth: int = 20, *, input_shape=(32, 32, 3), num_classes: int =
       input_shape: ``(height, width, channels)``.
       num_classes: Size of the classifier output (logits).
       width: Filters of the first stage (16 in the paper); stages use width, 2 width, 4 width.
+      bn_momentum: Momentum of every BatchNormalization's moving statistics. Keras' 0.99
+        needs a few thousand steps to settle; runs of a few hundred steps want 0.9.
       name: Model name (default ``resnet{depth}``).
 
+    Returns:
+      A Functional model from images to logits.
+
     Raises:
-      ValueError: For a depth that is not 6n + 2 or non-positive sizes.
+      ValueError: For a depth that is not 6n + 2, an input_shape that is not three positive
+        integers, non-positive sizes or a bn_momentum outside [0, 1).
+
+    Example:
+      >>> resnet_cifar(8, width=4).count_params()
+      5382
     """
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, ...), got {depth!r}")
-    if num_classes < 1 or width < 1:
-        raise ValueError(f"num_classes and width must be positive, got {num_classes}, {width}")
+    input_shape = check_input_shape(input_shape)
+    check_positive(num_classes=num_classes, width=width)
+    check_bn_momentum(bn_momentum)
     blocks = (depth - 2) // 6
     inputs = keras.Input(input_shape, name="image")
-    x = _conv_bn(inputs, width, 3, 1, "stem", relu=True)
+    x = conv_bn(inputs, width, 3, 1, "stem", relu=True, bn_momentum=bn_momentum)
     for stage, filters in enumerate((width, 2 * width, 4 * width)):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}")
+            x = basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}",
+                            bn_momentum=bn_momentum)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
@@ -67,3 +64,18 @@ def resnet_cifar(depth: int = 20, *, input_shape=(32, 32, 3), num_classes: int =
 def resnet20(**kwargs):
     """ResNet20 for CIFAR-10 (about 0.27M parameters); arguments as :func:`resnet_cifar`."""
     return resnet_cifar(20, **kwargs)
+
+
+def resnet32(**kwargs):
+    """ResNet32 for CIFAR-10 (about 0.47M parameters); arguments as :func:`resnet_cifar`."""
+    return resnet_cifar(32, **kwargs)
+
+
+def resnet44(**kwargs):
+    """ResNet44 for CIFAR-10 (about 0.66M parameters); arguments as :func:`resnet_cifar`."""
+    return resnet_cifar(44, **kwargs)
+
+
+def resnet56(**kwargs):
+    """ResNet56 for CIFAR-10 (about 0.86M parameters); arguments as :func:`resnet_cifar`."""
+    return resnet_cifar(56, **kwargs)
