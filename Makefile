@@ -10,11 +10,11 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,demo,export]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,demo,export,recipes]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m recipes.digits_demo
+	$(VENV)/bin/python -m recipes.train --config=recipes/configs/digits_adaqat.py --workdir=runs/digits_adaqat
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
