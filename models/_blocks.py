@@ -8,6 +8,7 @@ checkpoints, bit-width reports and exported files line up across runs.
 from __future__ import annotations
 
 import numbers
+from typing import Sequence
 
 import tfadaqat  # noqa: F401  (legacy Keras before any Keras object is built)
 from tfadaqat._compat import keras
@@ -106,3 +107,21 @@ def basic_block(x, filters: int, strides: int, name: str, *, bn_momentum: float)
                            bn_momentum=bn_momentum)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=f"{name}_out")(y)
+
+
+def residual_stages_and_classifier(x, stage_filters: Sequence[int],
+                                   blocks_per_stage: Sequence[int], num_classes: int, *,
+                                   bn_momentum: float):
+    """Stages of basic blocks, then global average pooling and the Dense logits.
+
+    Stage ``s`` (from 1) has ``blocks_per_stage[s - 1]`` blocks of ``stage_filters[s - 1]``
+    filters named ``stage{s}_block{b}``; every stage after the first halves the resolution in
+    its first block. The classifier layers are ``pool`` and ``logits``.
+    """
+    for stage, (filters, blocks) in enumerate(zip(stage_filters, blocks_per_stage)):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}",
+                            bn_momentum=bn_momentum)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return layers.Dense(num_classes, name="logits")(x)

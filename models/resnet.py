@@ -13,8 +13,8 @@ from __future__ import annotations
 import tfadaqat  # noqa: F401  (legacy Keras before any Keras object is built)
 from tfadaqat._compat import keras
 
-from models._blocks import (basic_block, check_bn_momentum, check_input_shape, check_positive,
-                            conv_bn)
+from models._blocks import (check_bn_momentum, check_input_shape, check_positive, conv_bn,
+                            residual_stages_and_classifier)
 
 layers = keras.layers
 
@@ -51,13 +51,8 @@ def resnet_cifar(depth: int = 20, *, input_shape=(32, 32, 3), num_classes: int =
     blocks = (depth - 2) // 6
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn(inputs, width, 3, 1, "stem", relu=True, bn_momentum=bn_momentum)
-    for stage, filters in enumerate((width, 2 * width, 4 * width)):
-        for block in range(blocks):
-            strides = 2 if stage > 0 and block == 0 else 1
-            x = basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}",
-                            bn_momentum=bn_momentum)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = residual_stages_and_classifier(x, (width, 2 * width, 4 * width), (blocks,) * 3,
+                                             num_classes, bn_momentum=bn_momentum)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import tfadaqat  # noqa: F401  (legacy Keras before any Keras object is built)
 from tfadaqat._compat import keras
 
-from models._blocks import (basic_block, check_bn_momentum, check_input_shape, check_positive,
-                            conv_bn)
+from models._blocks import (check_bn_momentum, check_input_shape, check_positive, conv_bn,
+                            residual_stages_and_classifier)
 
 layers = keras.layers
 
@@ -62,12 +62,7 @@ def resnet18(*, input_shape=(224, 224, 3), num_classes: int = 1000, width: int =
     inputs = keras.Input(input_shape, name="image")
     x = conv_bn(inputs, width, 7, 2, "stem", relu=True, bn_momentum=bn_momentum)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, blocks in enumerate(_RESNET18_BLOCKS_PER_STAGE):
-        filters = width * 2 ** stage
-        for block in range(blocks):
-            strides = 2 if stage > 0 and block == 0 else 1
-            x = basic_block(x, filters, strides, f"stage{stage + 1}_block{block + 1}",
-                            bn_momentum=bn_momentum)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    stage_filters = [width * 2**stage for stage in range(len(_RESNET18_BLOCKS_PER_STAGE))]
+    outputs = residual_stages_and_classifier(x, stage_filters, _RESNET18_BLOCKS_PER_STAGE,
+                                             num_classes, bn_momentum=bn_momentum)
     return keras.Model(inputs, outputs, name=name or "resnet18")
