@@ -565,6 +565,9 @@ def train_and_evaluate(config, workdir: str, *, strategy: str = "default",
     bit_logger = tfadaqat.BitWidthLogger()
     say(f"[quantized] training with {config.method} for {config.epochs} epochs")
     _fit_stage(run, qmodel, stage="quantized", epochs=config.epochs, callbacks=[bit_logger])
+    if config.export:  # the model evaluated, saved and exported is the one the file computes
+        say(f"[export] aligned the biases of {tfadaqat.align_biases(qmodel)} layers with "
+            "TFLite's int32 bias grid")
     accuracy = float(qmodel.evaluate(run.eval_data(), verbose=0)[1])
     return _write_results(run, qmodel, accuracy, float_accuracy, started)
 
@@ -585,7 +588,7 @@ def _write_results(run: _Run, qmodel, accuracy: float, float_accuracy, started: 
             title=f"{config.model} / {config.dataset} / {config.method}")
         if config.export:
             artifacts["tflite"] = run.path("model.tflite")
-            report = tfadaqat.export_tflite(qmodel, artifacts["tflite"],
+            report = tfadaqat.export_tflite(qmodel, artifacts["tflite"], align=False,
                                             verify_with=_verification_images(run),
                                             progress=lambda m: run.say(f"[export] {m}"))
             export = dataclasses.asdict(report)

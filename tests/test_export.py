@@ -127,6 +127,57 @@ def test_activation_takes_at_most_two_to_the_bits_values(tmp_path):
     assert min(len(values) for values in seen.values()) <= 2**3
 
 
+def _two_bit_conv_bn_relu():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(inputs, keras.layers.ReLU(name="relu")(x))
+    rng = np.random.default_rng(1)
+    model.get_layer("conv").set_weights([rng.normal(0, 0.3, (3, 3, 3, 16))])
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 2.0, 16), rng.normal(0, 1, 16), rng.normal(0, 1, 16),
+                    rng.uniform(0.5, 2.0, 16)])
+    # 8-bit weights (stored as they are, r = 1) on 2-bit inputs: a coarse int32 bias unit.
+    qmodel = tfadaqat.quantize_model(model, "lsq", weight_bits=8, activation_bits=2)
+    images = rng.normal(0, 1, (32, 8, 8, 3)).astype(np.float32)
+    qmodel.initialize_quantizers(images)
+    return qmodel, images
+
+
+def _values_off_by_a_step(qmodel, path, images):
+    """Outputs of the file (built-in kernels) that differ from Keras by half a step or more."""
+    interpreter = tflite_interpreter(open(path, "rb").read(), preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    step = export._plan(qmodel).output_grids["quant_relu"][0]
+    off = 0
+    for image, expected in zip(images, qmodel.predict(images, verbose=0)):
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        found = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+        off += int((np.abs(found - expected) >= 0.5 * step).sum())
+    return off
+
+
+def test_aligned_biases_make_the_file_compute_what_keras_computes(tmp_path):
+    qmodel, images = _two_bit_conv_bn_relu()
+    export.export_tflite(qmodel, str(tmp_path / "rounded.tflite"), align=False)
+    assert _values_off_by_a_step(qmodel, str(tmp_path / "rounded.tflite"), images) > 0
+    beta = qmodel.get_layer("bn").beta.numpy()
+    assert export.align_biases(qmodel) == 1
+    # The folded offset now lies on the int32 grid: input step x stored weight step per channel.
+    plan = export._plan(qmodel)
+    multiplier, offset = plan.affines["quant_conv"]
+    kernel = plan.weights["quant_conv"]
+    _, weight_scale = export._stored_kernel(kernel.integers, kernel.scale, multiplier)
+    unit = plan.output_grids["quant_input_1_quantize_point"][0] * weight_scale
+    counts = offset / unit
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
+    moved = np.abs(qmodel.get_layer("bn").beta.numpy() - beta)
+    assert moved.max() <= 0.5 * unit.max() * 1.001 and moved.max() > 0
+    export.export_tflite(qmodel, str(tmp_path / "aligned.tflite"))
+    assert _values_off_by_a_step(qmodel, str(tmp_path / "aligned.tflite"), images) == 0
+
+
 def test_relu6_cap_below_the_grid_top_is_exported_exactly(tmp_path):
     # 4-bit unsigned grid of step 0.75 reaches 15 x 0.75 = 11.25; ReLU6 caps at 6, i.e. at the
     # integer round(6 / 0.75) = 8. Keras: round(min(y, 6) / s); the file: its clamped grid.

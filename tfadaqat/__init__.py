@@ -21,7 +21,7 @@ from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantize
 from tfadaqat.budget import Budget, budget_penalty
 from tfadaqat.callbacks import BitWidthLogger
 from tfadaqat.cost import LayerCost, ModelCost, cost, differentiable_cost, uniform_bits
-from tfadaqat.export import ExportReport, export_tflite
+from tfadaqat.export import ExportReport, align_biases, export_tflite
 from tfadaqat.plots import plot_bit_widths
 from tfadaqat.report import summary
 
@@ -42,6 +42,7 @@ __all__ = [
     "PACTActivationQuantizer",
     "QuantizedModel",
     "TensorQuantizer",
+    "align_biases",
     "bit_widths",
     "budget_penalty",
     "cost",
