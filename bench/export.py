@@ -4,8 +4,9 @@ Two tables, from one process:
 
 1. **Size and latency** of ResNet20 (32x32x3, random weights, batch 1): the float TFLite file,
    TFMOT's default 8-bit QAT export of the same float model, and tfadaqat's export of it
-   quantized with each method (4-bit weights and activations). Latency is the median of many
-   single-thread invocations, rows interleaved.
+   quantized with each method (4-bit weights and activations), with int8 weight storage (the
+   default) and with int4 storage (kernels packed two values per byte). Latency is the median
+   of many single-thread invocations, rows interleaved.
 2. **Agreement** with the Keras model on the digits test split (450 images, upsampled to
    32x32x3): ResNet20 trained in float, fine-tuned with each method at 4-bit weights and
    6-bit activations, exported and
@@ -14,7 +15,8 @@ Two tables, from one process:
    output quantization steps, and the per-layer learned bits against the distinct integers.
 
 Targets (issue 4): top-1 >= 99.5%, <= 2 output steps, distinct weights <= 2^b; size and latency
-each at most 1.05x TFMOT's 8-bit file.
+of the int8 files each at most 1.05x TFMOT's 8-bit file; the int4 files smaller than it (their
+latency is printed, not checked: XNNPACK does not accelerate int4 filters).
 
 Run from the repository root:  python -m bench.export [--runs 200 --out runs/bench_export]
 """
@@ -79,10 +81,11 @@ def size_and_latency(runs: int, out: str):
         qmodel = tfadaqat.quantize_model(float_model, method, weight_bits=4, activation_bits=4,
                                          **_method_options(method))
         qmodel.initialize_quantizers(images)
-        path = os.path.join(out, f"resnet20_{method}.tflite")
-        tfadaqat.export_tflite(qmodel, path)
-        with open(path, "rb") as handle:
-            files[f"tfadaqat {method} (4-bit)"] = handle.read()
+        for storage in ("int8", "int4"):
+            path = os.path.join(out, f"resnet20_{method}_{storage}.tflite")
+            tfadaqat.export_tflite(qmodel, path, weight_storage=storage)
+            with open(path, "rb") as handle:
+                files[f"tfadaqat {method} 4-bit {storage}"] = handle.read()
     latencies = {name: [] for name in files}
     for _ in range(5):  # interleaved rounds: this machine has slow bursts
         for name, content in files.items():
@@ -121,17 +124,20 @@ def main(argv):
     float_bytes, float_seconds = rows["float TFLite"]
     print("ResNet20, 32x32x3, batch 1, one thread, median of "
           f"{FLAGS.runs} invocations in 5 interleaved rounds")
-    print(f"{'file':28s} {'bytes':>9s} {'x float':>8s} {'x tfmot':>8s} {'ms':>7s} "
+    print(f"{'file':30s} {'bytes':>9s} {'x float':>8s} {'x tfmot':>8s} {'ms':>7s} "
           f"{'x float':>8s} {'x tfmot':>8s}")
     checks = []
     for name, (size, seconds) in rows.items():
-        print(f"{name:28s} {size:9,d} {size / float_bytes:8.2f} {size / peer_bytes:8.2f} "
+        print(f"{name:30s} {size:9,d} {size / float_bytes:8.2f} {size / peer_bytes:8.2f} "
               f"{seconds * 1e3:7.2f} {seconds / float_seconds:8.2f} {seconds / peer_seconds:8.2f}")
-        if name.startswith("tfadaqat"):
+        if name.startswith("tfadaqat") and name.endswith("int8"):
             checks.append((f"{name}: size {size / peer_bytes:.2f}x TFMOT <= {SIZE_LATENCY_SLACK}",
                            size / peer_bytes <= SIZE_LATENCY_SLACK))
             checks.append((f"{name}: latency {seconds / peer_seconds:.2f}x TFMOT <= "
                            f"{SIZE_LATENCY_SLACK}", seconds / peer_seconds <= SIZE_LATENCY_SLACK))
+        elif name.startswith("tfadaqat"):  # packed: smaller, at XNNPACK's int4 speed
+            checks.append((f"{name}: size {size / peer_bytes:.2f}x TFMOT < 1 (packed)",
+                           size < peer_bytes))
     print()
     print("ResNet20 on the digits test split (450 images), 4-bit weights, 6-bit activations")
     print(f"{'method':8s} {'top-1 agree':>11s} {'strict':>7s} {'max diff (steps)':>16s}  "
@@ -147,9 +153,6 @@ def main(argv):
                        "steps", report.max_output_difference <= 2.0 + 1e-4))
         checks.append((f"{method}: distinct weights <= 2^b in every layer",
                        all(row.distinct_values <= 2**row.bits for row in report.layers)))
-        packing = report.packing
-    # "Smaller than TFMOT where layers are packed below 8 bits" applies only if they can be.
-    print(f"\npacking: {packing}")
     print()
     for description, passed in checks:
         print(f"[{'PASS' if passed else 'FAIL'}] {description}")

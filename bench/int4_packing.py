@@ -1,88 +1,37 @@
-"""Can this LiteRT run int4-packed weights? Packs a tfadaqat file's <= 4-bit kernels and checks.
+"""int8 vs int4 weight storage: file size, outputs and single-thread latency, side by side.
 
-Takes an int8 file written by ``tfadaqat.export_tflite`` (for example ``bench/export.py``'s
-``resnet20_lsq.tflite``), rewrites every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED weight
-tensor whose integers fit in [-8, 7] as TFLite's INT4 type (two values per byte, low nibble
-first), and compares outputs and single-thread latency, with and without the XNNPACK delegate
-LiteRT applies by default.
+Exports ResNet20 (32x32x3, random weights) quantized with LSQ at 4-bit weights and activations
+twice with ``tfadaqat.export_tflite``: ``weight_storage="int8"`` (the default) and ``"int4"``
+(every <= 4-bit kernel packed two values per byte), then runs both with LiteRT's default
+XNNPACK delegate and with its built-in kernels, one thread, median of many invocations.
 
-Measured with ai-edge-litert 2.3.0 (ResNet20, 4-bit LSQ, random weights, one thread):
+Measured with ai-edge-litert 2.3.0 (2026-11-24; the figures are printed by this file):
 
-    file   kernels                     ms  max |output - int8 built-in|
-    int8   XNNPACK (default)        0.104     23.3121
-    int8   built-in                 0.569      0.0000
-    int4   XNNPACK (default)        0.446      0.0002
-    int4   built-in                 0.559      0.0000
+* int4 storage makes the file 0.56x the int8 one, and LiteRT runs it;
+* XNNPACK does not accelerate int4 filters: the int4 file runs about 4x slower than the int8
+  file under XNNPACK, so ``int8`` stays the default, and ``int4`` is for when size matters
+  more than speed;
+* both files compute what the Keras model computes (the export verifies each against it).
 
-* The packed file is 0.56x the int8 file, and it runs: its outputs equal the int8 file's under
-  the same (built-in) kernels. (``export_tflite`` stores a low-bit kernel as ``r k`` with
-  scale ``s / r`` for a finer bias grid; packing divides ``r`` back out and re-rounds the
-  biases to the coarser grid, which on this file left the outputs equal.)
-* XNNPACK does not accelerate int4 filters. The packed file runs 4.3x slower than the int8 file
-  under XNNPACK, so ``export_tflite`` does not pack. Packing would trade speed for size.
-* XNNPACK's int8 kernels and the built-in ones requantize with different rounding. On random
-  weights the difference grows over 20 layers, hence the 23. On trained models the built-in
-  kernels sat about 2 output steps further from Keras than XNNPACK's.
-
-Run from the repository root (after bench.export):
-  python -m bench.int4_packing --tflite runs/bench_export/resnet20_lsq.tflite
+Run from the repository root:  python -m bench.int4_packing [--runs 200 --out runs/bench_int4]
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
-import flatbuffers
 import numpy as np
-from absl import app, flags
-from tensorflow.lite.python import schema_py_generated as schema  # the TFLite flatbuffer schema
+from absl import app, flags, logging
+
+import tfadaqat
+from tfadaqat._compat import keras
+from models import resnet20
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("tflite", "runs/bench_export/resnet20_lsq.tflite", "An int8 tfadaqat file.")
-flags.DEFINE_integer("runs", 200, "Timed invocations (median reported).")
-_WEIGHT_OPS = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D,
-               schema.BuiltinOperator.FULLY_CONNECTED)
-
-
-def pack_int4(content: bytes):
-    """Returns (packed file, tensors packed)."""
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
-    weight_codes = {index for index, code in enumerate(model.operatorCodes)
-                    if max(code.builtinCode, code.deprecatedBuiltinCode) in _WEIGHT_OPS}
-    packed = 0
-    for operator in model.subgraphs[0].operators:
-        if operator.opcodeIndex not in weight_codes:
-            continue
-        tensor = model.subgraphs[0].tensors[operator.inputs[1]]
-        values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8)
-        if tensor.type != schema.TensorType.INT8:
-            continue
-        # tfadaqat stores a low-bit kernel as r k with scale s / r (a finer int32 bias grid);
-        # packing needs k itself, so r goes back into the scales and the bias is re-rounded
-        # to the coarser grid TFLite then requires (bias scale = input scale x weight scale).
-        refinement = int(np.gcd.reduce(np.abs(values.astype(np.int64)))) or 1
-        values = (values // refinement).astype(np.int8)
-        if values.min() < -8 or values.max() > 7:
-            continue
-        has_bias = len(operator.inputs) > 2 and operator.inputs[2] >= 0
-        for index in operator.inputs[1:3] if has_bias else operator.inputs[1:2]:
-            quantization = model.subgraphs[0].tensors[index].quantization
-            quantization.scale = [value * refinement for value in quantization.scale]
-        if has_bias:
-            bias = model.subgraphs[0].tensors[operator.inputs[2]]
-            bias_values = np.frombuffer(bytes(model.buffers[bias.buffer].data), np.int32)
-            model.buffers[bias.buffer].data = np.frombuffer(
-                np.round(bias_values / refinement).astype(np.int32).tobytes(), np.uint8)
-        nibbles = (values.astype(np.int16) & 0xF).astype(np.uint8)
-        if len(nibbles) % 2:
-            nibbles = np.append(nibbles, np.uint8(0))
-        model.buffers[tensor.buffer].data = nibbles[0::2] | (nibbles[1::2] << 4)
-        tensor.type = schema.TensorType.INT4
-        packed += 1
-    builder = flatbuffers.Builder(0)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), packed
+flags.DEFINE_integer("runs", 200, "Timed invocations per file and kernel set (median).")
+flags.DEFINE_string("out", "runs/bench_int4", "Folder for the .tflite files.")
 
 
 def _run(content: bytes, image, delegate: bool, runs: int):
@@ -98,29 +47,36 @@ def _run(content: bytes, image, delegate: bool, runs: int):
         start = time.perf_counter()
         interpreter.invoke()
         samples.append(time.perf_counter() - start)
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), \
-        statistics.median(samples)
+    return (interpreter.get_tensor(interpreter.get_output_details()[0]["index"]),
+            statistics.median(samples))
 
 
 def main(argv):
     del argv
-    with open(FLAGS.tflite, "rb") as handle:
-        content = handle.read()
-    packed, count = pack_int4(content)
-    print(f"{FLAGS.tflite}: {len(content):,} bytes; {count} kernels packed as int4: "
-          f"{len(packed):,} bytes ({len(packed) / len(content):.2f}x)")
-    from ai_edge_litert.interpreter import Interpreter
-    probe = Interpreter(model_content=content)
-    detail = probe.get_input_details()[0]
-    image = np.random.default_rng(0).uniform(-1, 1, detail["shape"]).astype(detail["dtype"])
-    reference, _ = _run(content, image, False, 1)
-    print(f"{'file':6s} {'kernels':22s} {'ms':>7s} {'max |output - int8 builtin|':>28s}")
-    for name, data in (("int8", content), ("int4", packed)):
-        for delegate in (True, False):
-            output, seconds = _run(data, image, delegate, FLAGS.runs)
-            kernels = "XNNPACK (default)" if delegate else "built-in"
-            print(f"{name:6s} {kernels:22s} {seconds * 1e3:7.3f} "
-                  f"{float(np.abs(output - reference).max()):28.4f}")
+    logging.set_verbosity(logging.WARNING)
+    os.makedirs(FLAGS.out, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    qmodel = tfadaqat.quantize_model(resnet20(), "lsq", weight_bits=4, activation_bits=4)
+    images = np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    qmodel.initialize_quantizers(images)
+    files = {}
+    for storage in ("int8", "int4"):
+        path = os.path.join(FLAGS.out, f"resnet20_lsq_{storage}.tflite")
+        report = tfadaqat.export_tflite(qmodel, path, weight_storage=storage,
+                                        verify_with=images)
+        with open(path, "rb") as handle:
+            files[storage] = handle.read()
+        print(f"{storage}: {report.file_bytes:,} bytes; {report.packing}; against Keras on "
+              f"{report.examples} images: top-1 {report.top1_agreement:.2f}, outputs within "
+              f"{report.max_output_difference:.0f} steps")
+    print(f"int4 file / int8 file: {len(files['int4']) / len(files['int8']):.2f}x\n")
+    print(f"{'file':6s} {'kernels':22s} {'ms':>7s} {'x int8 XNNPACK':>15s}")
+    rows = {(storage, delegate): _run(content, images[:1], delegate, FLAGS.runs)[1]
+            for storage, content in files.items() for delegate in (True, False)}
+    for (storage, delegate), seconds in rows.items():
+        kernels = "XNNPACK (default)" if delegate else "built-in"
+        print(f"{storage:6s} {kernels:22s} {seconds * 1e3:7.3f} "
+              f"{seconds / rows[('int8', True)]:15.2f}")
 
 
 if __name__ == "__main__":

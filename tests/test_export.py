@@ -7,7 +7,7 @@ import pytest
 
 import tfadaqat
 from tfadaqat import export
-from tfadaqat._compat import keras, tf, tflite_interpreter, tflite_ops
+from tfadaqat._compat import keras, tf, tflite_interpreter, tflite_ops, tflite_schema
 
 layers = keras.layers
 WEIGHT_KERNELS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -168,7 +168,7 @@ def test_aligned_biases_make_the_file_compute_what_keras_computes(tmp_path):
     plan = export._plan(qmodel)
     multiplier, offset = plan.affines["quant_conv"]
     kernel = plan.weights["quant_conv"]
-    _, weight_scale = export._stored_kernel(kernel.integers, kernel.scale, multiplier)
+    _, weight_scale = export._stored_kernel(kernel, multiplier)
     unit = plan.output_grids["quant_input_1_quantize_point"][0] * weight_scale
     counts = offset / unit
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)
@@ -176,6 +176,42 @@ def test_aligned_biases_make_the_file_compute_what_keras_computes(tmp_path):
     assert moved.max() <= 0.5 * unit.max() * 1.001 and moved.max() > 0
     export.export_tflite(qmodel, str(tmp_path / "aligned.tflite"))
     assert _values_off_by_a_step(qmodel, str(tmp_path / "aligned.tflite"), images) == 0
+
+
+def _int4_tensors(content):
+    schema = tflite_schema()
+    model = schema.Model.GetRootAsModel(content, 0)
+    graph = model.Subgraphs(0)
+    return [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())
+            if graph.Tensors(i).Type() == schema.TensorType.INT4]
+
+
+def test_int4_storage_packs_kernels_of_at_most_4_bits(tmp_path):
+    qmodel = _trained("lsq", weight_bits=4, activation_bits=6)
+    images, _ = _data(16, seed=5)
+    int8 = export.export_tflite(qmodel, str(tmp_path / "int8.tflite"), verify_with=images)
+    int4 = export.export_tflite(qmodel, str(tmp_path / "int4.tflite"), verify_with=images,
+                                weight_storage="int4")
+    kernels = len(int4.layers)
+    assert int4.packing == f"int4: {kernels} of {kernels} kernels packed, two values per byte"
+    packed = _int4_tensors(open(tmp_path / "int4.tflite", "rb").read())
+    assert len(packed) == kernels and not _int4_tensors(open(tmp_path / "int8.tflite",
+                                                             "rb").read())
+    weights = sum(w.shape.num_elements() for w in qmodel.trainable_weights
+                  if w.name.endswith("kernel:0"))
+    # Half a byte saved per weight, give or take a byte of padding per tensor.
+    assert int8.file_bytes - int4.file_bytes >= weights // 2 - kernels
+    assert int4.top1_agreement == 1.0 and int4.max_output_difference <= 2.0 + 1e-4
+    assert all(row.distinct_values <= 2**row.bits for row in int4.layers)
+
+
+def test_int4_storage_leaves_wider_kernels_in_int8(tmp_path):
+    qmodel = _trained("lsq", weight_bits=8, activation_bits=8)
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), weight_storage="int4")
+    assert report.packing.startswith(f"int4: 0 of {len(report.layers)} kernels packed")
+    with pytest.raises(ValueError, match="weight_storage must be one of"):
+        export.export_tflite(qmodel, str(tmp_path / "n.tflite"), weight_storage="int2")
+    assert not os.path.exists(tmp_path / "n.tflite")
 
 
 def test_relu6_cap_below_the_grid_top_is_exported_exactly(tmp_path):

@@ -71,3 +71,9 @@ def tflite_interpreter(model_content: bytes, num_threads: int = 1,
 def tflite_ops(interpreter):
     """``[(op name, [input tensor indices])]`` of a TFLite interpreter (an internal API)."""
     return [(op["op_name"], list(op["inputs"])) for op in interpreter._get_ops_details()]
+
+
+def tflite_schema():
+    """TensorFlow's generated TFLite flatbuffer schema module (an internal API)."""
+    from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated

@@ -31,7 +31,10 @@ learned ``b``-bit grids are mapped onto int8 storage here, and the converter onl
 
 Everything between (convolutions, dense, depthwise, add, pooling, mean, concatenation) runs
 with TFLite's int8 kernels; :func:`export_tflite` checks the file and refuses to write one
-with a float kernel. Activations above 8 bits (int16) are not supported yet: they raise.
+with a float kernel. With ``weight_storage="int4"``, kernels of 4 bits or fewer are then
+rewritten as TFLite INT4 tensors (packed two per byte; such kernels keep ``r = 1``).
+Activations above 8 bits (int16) are not supported: they raise (see the README for what was
+tried).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from tfadaqat._compat import (functional_nodes_by_depth, keras, tf, tflite_interpreter,
-                              tflite_ops, tfmot, wrapper_output_quantizer,
+                              tflite_ops, tflite_schema, tfmot, wrapper_output_quantizer,
                               wrapper_weight_quantizers)
 from tfadaqat.quantize import unwrapped_layer
 
@@ -56,6 +59,8 @@ INTEGER_KERNELS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "ME
                    "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "MINIMUM", "MAXIMUM",
                    "RESHAPE", "PAD", "SUM", "REDUCE_MAX")
 _INT8_WEIGHT_LIMIT = 127
+_INT4_LOW, _INT4_HIGH = -8, 7
+WEIGHT_STORAGES = ("int8", "int4")
 _NON_NEGATIVE_WHEN_UNSIGNED = (_layers.AveragePooling2D, _layers.GlobalAveragePooling2D,
                                _layers.MaxPooling2D, _layers.GlobalMaxPooling2D,
                                _layers.Concatenate)
@@ -81,7 +86,8 @@ class ExportReport:
       float32_bytes: The model's parameters stored as float32.
       packed_bytes: ``sum(params x bits) / 8`` over kernels, plus int32 biases: what a file
         packing the learned bits would take.
-      packing: Whether kernels below 8 bits are packed; this TFLite stores them in int8.
+      packing: How kernels are stored: int8, or how many are packed as int4
+        (``weight_storage="int4"``).
       ops: The TFLite op names in the file, in order.
       layers: Per quantized kernel, the learned bits and distinct integers in the file.
       examples: Examples compared with the Keras model (0 without ``verify_with``).
@@ -105,8 +111,43 @@ class ExportReport:
     max_output_difference: Optional[float] = None
 
 
-_PACKING_NOTE = ("not packed: TFLite int8 storage (TF 2.21's converter did not pack int4 "
-                 "weights from QAT graphs)")
+_PACKING_NOTE = ("not packed: int8 storage (weight_storage='int4' packs kernels of <= 4 bits; "
+                 "XNNPACK runs them slower)")
+_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _pack_int4(content: bytes) -> bytes:
+    """Rewrites the file's conv/depthwise/dense weight tensors whose values lie in [-8, 7] as
+    TFLite INT4 tensors (two values per byte, low nibble first).
+
+    TF 2.21's converter stores such weights in int8 even from 4-bit FakeQuant graphs; LiteRT
+    reads INT4 filters and unpacks them. Only kernels stored without refinement (the packed
+    ones, ``r = 1``) have values in that range.
+    """
+    import flatbuffers  # installed with TensorFlow
+    schema = tflite_schema()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items()
+             if not name.startswith("_")}
+    weight_codes = {index for index, code in enumerate(model.operatorCodes)
+                    if names.get(max(code.builtinCode, code.deprecatedBuiltinCode)) in _WEIGHT_OPS}
+    for operator in model.subgraphs[0].operators:
+        if operator.opcodeIndex not in weight_codes:
+            continue
+        tensor = model.subgraphs[0].tensors[operator.inputs[1]]
+        if tensor.type != schema.TensorType.INT8:
+            continue
+        values = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8)
+        if values.min() < _INT4_LOW or values.max() > _INT4_HIGH:
+            continue
+        nibbles = (values.astype(np.int16) & 0xF).astype(np.uint8)
+        if len(nibbles) % 2:
+            nibbles = np.append(nibbles, np.uint8(0))
+        model.buffers[tensor.buffer].data = nibbles[0::2] | (nibbles[1::2] << 4)
+        tensor.type = schema.TensorType.INT4
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _quantized_wrapper(layer) -> bool:
@@ -116,7 +157,7 @@ def _quantized_wrapper(layer) -> bool:
 class _ExportPlan:
     """The model's layers in graph order, with who feeds whom and which BN layers fold."""
 
-    def __init__(self, model):
+    def __init__(self, model, int4: bool = False):
         self.nodes = []
         for depth in sorted(functional_nodes_by_depth(model), reverse=True):
             self.nodes.extend(functional_nodes_by_depth(model)[depth])
@@ -146,7 +187,7 @@ class _ExportPlan:
             if not _quantized_wrapper(layer):
                 continue
             if wrapper_weight_quantizers(layer):
-                self.weights[layer.name] = _weight_integers(layer)
+                self.weights[layer.name] = _weight_integers(layer, int4)
                 self.biases[layer.name] = (layer.layer.bias.numpy() if layer.layer.use_bias
                                            else 0.0)
             quantizer, variables = wrapper_output_quantizer(layer)
@@ -156,16 +197,20 @@ class _ExportPlan:
 
 
 class _Kernel(NamedTuple):
-    """A quantized kernel as stored: ``scale x integers``, from a grid of `allowed` values."""
+    """A quantized kernel: ``scale x integers``, from a grid of `allowed` values, stored as
+    ``refinement x integers`` (int8) or as the integers themselves packed in int4."""
 
     integers: np.ndarray
     scale: float
     bits: int
     allowed: int
+    refinement: int
+    packed: bool
 
 
-def _weight_integers(wrapper) -> _Kernel:
-    """The wrapper's quantized kernel as integers on its learned grid."""
+def _weight_integers(wrapper, int4: bool) -> _Kernel:
+    """The wrapper's quantized kernel as integers on its learned grid; with `int4`, packed if
+    its grid fits in int4's [-8, 7]."""
     (kernel, quantizer, variables), = wrapper_weight_quantizers(wrapper)
     quantized = quantizer(kernel, training=False, weights=variables).numpy()
     scale, low, high = quantizer.integer_grid(kernel, variables)
@@ -175,8 +220,11 @@ def _weight_integers(wrapper) -> _Kernel:
             f"layer {wrapper.layer.name!r}: its {bits}-bit weight "
             f"grid has integers up to {max(-low, high)}, beyond int8's +-127 (the DoReFa paper "
             "grid at 8 bits); quantize with grid='symmetric' or max_bits=7")
+    integers = np.round(quantized / scale)
+    packed = int4 and low >= _INT4_LOW and high <= _INT4_HIGH
+    refinement = 1 if packed else _INT8_WEIGHT_LIMIT // max(1, int(np.abs(integers).max()))
     # The DoReFa paper grid holds only odd integers: 2^b of its 2 high + 1.
-    return _Kernel(np.round(quantized / scale), scale, bits, min(high - low + 1, 2**bits))
+    return _Kernel(integers, scale, bits, min(high - low + 1, 2**bits), refinement, packed)
 
 
 def _batch_norm_affine(batch_norm) -> Tuple[np.ndarray, np.ndarray]:
@@ -189,13 +237,14 @@ def _batch_norm_affine(batch_norm) -> Tuple[np.ndarray, np.ndarray]:
             (beta - multiplier * mean).astype(np.float32))
 
 
-def _stored_kernel(integers, scale, channel_multiplier):
-    """``(stored integers, stored scale)`` of a kernel: the grid's integers ``k`` as ``r k`` with
-    scale ``scale / r``, ``r = floor(127 / max|k|)`` (see "Bias resolution" in the module
-    docstring), the scale per output channel ``scale |m_c| / r`` when a BatchNormalization
-    with multipliers ``m_c`` is folded in (its sign is carried by the stored values)."""
-    refinement = _INT8_WEIGHT_LIMIT // max(1, int(np.abs(integers).max()))
-    integers, scale = integers * refinement, scale / refinement
+def _stored_kernel(kernel: _Kernel, channel_multiplier, shape=None):
+    """``(stored integers, stored scale)`` of `kernel` (reshaped to `shape` if given): the
+    grid's integers ``k`` as ``r k`` with scale ``scale / r`` (``r`` = ``kernel.refinement``,
+    see "Bias resolution" in the module docstring), per output channel ``scale |m_c| / r``
+    when a BatchNormalization with multipliers ``m_c`` is folded in (its sign is carried by
+    the stored values)."""
+    integers = kernel.integers if shape is None else kernel.integers.reshape(shape)
+    integers, scale = integers * kernel.refinement, kernel.scale / kernel.refinement
     if channel_multiplier is None:
         return integers, scale
     # A channel whose BN multiplier is 0 is constant; any positive scale stores it.
@@ -203,10 +252,10 @@ def _stored_kernel(integers, scale, channel_multiplier):
             np.maximum(scale * np.abs(channel_multiplier), 1e-12).astype(np.float32))
 
 
-def _fake_quantized_kernel(integers, scale, channel_multiplier):
+def _fake_quantized_kernel(kernel: _Kernel, channel_multiplier, shape=None):
     """The kernel as the converter must see it: a symmetric narrow-range 8-bit FakeQuant whose
     scale is :func:`_stored_kernel`'s, so the file holds exactly its integers."""
-    integers, scale = _stored_kernel(integers, scale, channel_multiplier)
+    integers, scale = _stored_kernel(kernel, channel_multiplier, shape)
     values = tf.constant(integers * scale, tf.float32)
     if channel_multiplier is None:
         return tf.quantization.fake_quant_with_min_max_vars(
@@ -217,28 +266,27 @@ def _fake_quantized_kernel(integers, scale, channel_multiplier):
 
 def _weight_layer(wrapper, x, plan):
     inner = wrapper.layer
-    integers, scale, _, _ = plan.weights[wrapper.name]
+    kernel = plan.weights[wrapper.name]
     bias = plan.biases[wrapper.name]
     multiplier = None
     if wrapper.name in plan.affines:
         multiplier, offset = plan.affines[wrapper.name]
         bias = multiplier * bias + offset
     if isinstance(inner, _layers.DepthwiseConv2D):
-        height, width, channels, depth = integers.shape
+        height, width, channels, depth = kernel.integers.shape
         if multiplier is not None:  # per output channel c * depth + k: last axis of [.., 1, C*D]
-            flat = _fake_quantized_kernel(integers.reshape(height, width, 1, channels * depth),
-                                          scale, multiplier)
-            kernel = tf.reshape(flat, integers.shape)
+            flat = _fake_quantized_kernel(kernel, multiplier,
+                                          (height, width, 1, channels * depth))
+            weights = tf.reshape(flat, kernel.integers.shape)
         else:
-            kernel = _fake_quantized_kernel(integers, scale, None)
-        y = tf.nn.depthwise_conv2d(x, kernel, (1,) + tuple(inner.strides) + (1,),
+            weights = _fake_quantized_kernel(kernel, None)
+        y = tf.nn.depthwise_conv2d(x, weights, (1,) + tuple(inner.strides) + (1,),
                                    inner.padding.upper(), dilations=inner.dilation_rate)
     elif isinstance(inner, _layers.Conv2D):
-        kernel = _fake_quantized_kernel(integers, scale, multiplier)
-        y = tf.nn.conv2d(x, kernel, inner.strides, inner.padding.upper(),
-                         dilations=inner.dilation_rate)
+        y = tf.nn.conv2d(x, _fake_quantized_kernel(kernel, multiplier), inner.strides,
+                         inner.padding.upper(), dilations=inner.dilation_rate)
     else:
-        y = tf.matmul(x, _fake_quantized_kernel(integers, scale, multiplier))
+        y = tf.matmul(x, _fake_quantized_kernel(kernel, multiplier))
     if inner.use_bias or multiplier is not None:
         y = y + tf.constant(np.asarray(bias, np.float32))
     return _activation(inner, inner.activation, y, quantized=wrapper.name in plan.output_grids)
@@ -360,14 +408,17 @@ def integer_function(model) -> Callable:
     return _integer_function(model, _plan(model))
 
 
-def _plan(model) -> _ExportPlan:
+def _plan(model, weight_storage: str = "int8") -> _ExportPlan:
     if not any(_quantized_wrapper(layer) for layer in getattr(model, "layers", [])):
         raise ValueError(f"model {getattr(model, 'name', model)!r} was not quantized with "
                          "tfadaqat.quantize_model: nothing to export with integer kernels")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError("export_tflite supports models with one input and one output, got "
                          f"{len(model.inputs)} and {len(model.outputs)}")
-    return _ExportPlan(model)
+    if weight_storage not in WEIGHT_STORAGES:
+        raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
+                         f"{weight_storage!r}")
+    return _ExportPlan(model, int4=weight_storage == "int4")
 
 
 def _integer_function(model, plan: _ExportPlan) -> Callable:
@@ -421,7 +472,7 @@ def _input_scale(plan: _ExportPlan, layer_name: str) -> Optional[float]:
     return None if source is None else plan.output_grids[source][0]
 
 
-def align_biases(model) -> int:
+def align_biases(model, weight_storage: str = "int8") -> int:
     """Moves every integer kernel's bias onto the grid TFLite stores it on; in place.
 
     TFLite keeps a conv or dense layer's bias (with a folded BatchNormalization: ``m_c b_c +
@@ -432,11 +483,15 @@ def align_biases(model) -> int:
     output step or less); without them, the rounding moved 0.1-0.3% of the values of layers
     fed by 3-4-bit activations to the neighbouring integer, which deeper layers amplified.
 
+    Args:
+      model: A model returned by :func:`tfadaqat.quantize_model`.
+      weight_storage: As :func:`export_tflite`'s (int4 kernels have a coarser bias grid).
+
     Returns:
       How many layers had a bias to align (layers whose input is not on a learned grid, and
       layers with neither bias nor a centred BatchNormalization, are left as they are).
     """
-    plan = _plan(model)
+    plan = _plan(model, weight_storage)
     aligned = 0
     for name, kernel in plan.weights.items():
         input_scale = _input_scale(plan, name)
@@ -445,7 +500,7 @@ def align_biases(model) -> int:
         if input_scale is None or not (inner.use_bias or (batch_norm and batch_norm.center)):
             continue
         multiplier, offset = plan.affines.get(name, (None, 0.0))
-        _, weight_scale = _stored_kernel(kernel.integers, kernel.scale, multiplier)
+        _, weight_scale = _stored_kernel(kernel, multiplier)
         unit = input_scale * np.asarray(weight_scale, np.float64)
         total = (plan.biases[name] * (1.0 if multiplier is None else multiplier)
                  + np.asarray(offset, np.float64))
@@ -464,7 +519,7 @@ def align_biases(model) -> int:
 
 def export_tflite(model, path: str, *, representative_dataset=None,
                   input_type=tf.float32, output_type=tf.float32,
-                  verify_with=None, align: bool = True,
+                  verify_with=None, align: bool = True, weight_storage: str = "int8",
                   progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
     """Writes `model` as a TFLite file with int8 kernels at its learned bit-widths.
 
@@ -481,6 +536,11 @@ def export_tflite(model, path: str, *, representative_dataset=None,
       align: First move the model's biases onto TFLite's int32 bias grid, in place
         (:func:`align_biases`), so that file and model compute the same thing. False leaves
         the model untouched, and the file then rounds each bias on its own.
+      weight_storage: "int8" (every kernel in int8; the fastest with XNNPACK) or "int4":
+        kernels whose learned grid fits in [-8, 7] (4 bits or fewer, except the DoReFa paper
+        grid at 4 bits) are stored packed, two values per byte, for a smaller file. LiteRT
+        runs them; XNNPACK does not accelerate int4 filters (measured 4.2x slower than int8 on
+        ResNet20 by ``bench/int4_packing.py``).
       progress: Called with a message at each stage (the command line prints them).
 
     Returns:
@@ -498,10 +558,14 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise OSError(f"cannot write {path!r}: folder {folder!r} is missing or not writable")
     say = progress or (lambda message: None)
+    if weight_storage not in WEIGHT_STORAGES:
+        raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
+                         f"{weight_storage!r}")
     if align:
-        say(f"aligned the biases of {align_biases(model)} layers with the int32 bias grid")
+        say(f"aligned the biases of {align_biases(model, weight_storage)} layers with the "
+            "int32 bias grid")
     say("building the integer graph")
-    plan = _plan(model)
+    plan = _plan(model, weight_storage)
     function = _integer_function(model, plan)
     say("converting with the TFLite converter")
     holder = tf.Module()  # the function holds constants only: no model to save
@@ -518,6 +582,12 @@ def export_tflite(model, path: str, *, representative_dataset=None,
         # reads; it warns as if no range were known.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         content = converter.convert()
+    packing = _PACKING_NOTE
+    packed = sum(kernel.packed for kernel in plan.weights.values())
+    if weight_storage == "int4":
+        say(f"packing {packed} kernels of <= 4 bits as int4")
+        content = _pack_int4(content)
+        packing = f"int4: {packed} of {len(plan.weights)} kernels packed, two values per byte"
     interpreter = tflite_interpreter(content)
     interpreter.allocate_tensors()
     say("checking that every kernel is integer")
@@ -532,7 +602,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    report = ExportReport(path=path, file_bytes=len(content), ops=ops, packing=_PACKING_NOTE,
+    report = ExportReport(path=path, file_bytes=len(content), ops=ops, packing=packing,
                           layers=_stored_weights(plan, interpreter),
                           **_sizes(model))
     if verify_with is not None:
