@@ -334,3 +334,7 @@ def test_command_line_exports_and_verifies(tmp_path, capsys):
                   "verifying", "verified on 450 images"):
         assert stage in printed
     assert os.path.getsize(out) > 0
+    packed = str(tmp_path / "m4.tflite")
+    assert export.main(["--model", model_path, "--out", packed, "--weight-storage", "int4"]) == 0
+    assert "int4: 5 of 5 kernels packed" in capsys.readouterr().out
+    assert os.path.getsize(packed) < os.path.getsize(out)

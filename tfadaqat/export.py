@@ -704,7 +704,8 @@ def _digits_like(model) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    """``python -m tfadaqat.export --model PATH.keras --out model.tflite [--verify-digits]``."""
+    """``python -m tfadaqat.export --model PATH.keras --out model.tflite [--int8-io]
+    [--weight-storage int8|int4] [--verify-digits]``."""
     import argparse
     parser = argparse.ArgumentParser(
         prog="python -m tfadaqat.export",
@@ -712,6 +713,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="a .keras file saved from tfadaqat")
     parser.add_argument("--out", required=True, help="the .tflite file to write")
     parser.add_argument("--int8-io", action="store_true", help="int8 input and output")
+    parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="int8",
+                        help="int4 packs kernels of <= 4 bits (smaller, slower with XNNPACK)")
     parser.add_argument("--verify-digits", action="store_true",
                         help="compare with Keras on scikit-learn's digits (resized)")
     args = parser.parse_args(argv)
@@ -721,7 +724,8 @@ def main(argv=None) -> int:
     io_type = tf.int8 if args.int8_io else tf.float32
     verify = _digits_like(model) if args.verify_digits else None
     report = export_tflite(model, args.out, input_type=io_type, output_type=io_type,
-                           verify_with=verify, progress=lambda m: print(m, flush=True))
+                           verify_with=verify, weight_storage=args.weight_storage,
+                           progress=lambda m: print(m, flush=True))
     print(f"file {report.file_bytes:,} bytes; float32 {report.float32_bytes:,}; packed "
           f"{report.packed_bytes:,.0f}; {report.packing}")
     for row in report.layers:
