@@ -532,12 +532,12 @@ def train_and_evaluate(config, workdir: str, *, strategy: str = "default",
     data.build_dataset(config.dataset, "train", batch_size=config.batch_size, training=True,
                        seed=config.seed, data_dir=config.data_dir or None,
                        image_size=config.image_size or None)  # a missing data set fails here
-    chief = _is_chief(distribution)
-    if chief:
-        check_workdir(config, workdir)
     steps = config.steps_per_epoch or spec.train_examples // config.batch_size
     _require(steps > 0, f"config.batch_size={config.batch_size} exceeds the "
                         f"{spec.train_examples} training examples of {config.dataset}")
+    chief = _is_chief(distribution)
+    if chief:
+        check_workdir(config, workdir)
     run = _Run(config, workdir, distribution, spec, steps, chief, say)
     keras.utils.set_random_seed(config.seed)
     with distribution.scope():
