@@ -27,7 +27,11 @@ A config is an ``ml_collections.ConfigDict``; every field can be overridden on t
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+import tfadaqat
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,9 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.max_bits = 8
     config.grid = "symmetric"  # int8 storage holds AdaQAT's symmetric grid at every width
     config.cost_weight = 10.0
-    config.adaqat = ml_collections.ConfigDict(dict(
-        learning_rate=0.1, weight_cost_weight=0.02, activation_cost_weight=0.01,
-        oscillation_limit=10, probe_every=1, budget_rate=0.1))
+    config.adaqat = ml_collections.ConfigDict(dataclasses.asdict(tfadaqat.AdaQATRule()))
     config.budget = ml_collections.ConfigDict(dict(
         units="relative", bitops=0.0, weight_kb=0.0, activation_kb=0.0))
 
