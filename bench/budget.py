@@ -30,7 +30,7 @@ from absl import app, flags
 
 import tfadaqat
 from tfadaqat._compat import keras
-from models import small_cnn
+from bench.digits_baseline import compile_cosine, steps_per_epoch, train_float
 from recipes.data import load_digits
 
 FLAGS = flags.FLAGS
@@ -48,17 +48,8 @@ BUDGET_SLACK = 1.02
 ACCURACY_TOLERANCE = 0.015  # points of float accuracy a learned run may lose at 12.5%
 
 
-def _compile(model, learning_rate, epochs, steps_per_epoch):
-    """Adam with a cosine decay of `learning_rate` to 0 over the run."""
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model
-
-
 def _steps(images) -> int:
-    return -(-len(images) // FLAGS.batch_size)
+    return steps_per_epoch(images, FLAGS.batch_size)
 
 
 def _bits_text(qmodel) -> str:
@@ -75,7 +66,7 @@ def _run(name, float_model, data, budget_fraction=None, **quantize_kwargs):
     budget = None if budget_fraction is None else tfadaqat.Budget.relative(
         bitops=budget_fraction)
     qmodel = tfadaqat.quantize_model(float_model, budget=budget, **quantize_kwargs)
-    _compile(qmodel, 1e-3, FLAGS.epochs, _steps(train_x))
+    compile_cosine(qmodel, 1e-3, FLAGS.epochs, _steps(train_x))
     start = time.time()
     qmodel.fit(train_x, train_y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, verbose=0)
     _, accuracy = qmodel.evaluate(test_x, test_y, verbose=0)
@@ -167,11 +158,8 @@ def main(argv):
     train_x, test_x, train_y, test_y = data
     print(f"digits: {len(train_x)} training, {len(test_x)} test images, "
           f"{train_x.shape[1]}x{train_x.shape[2]}", flush=True)
-    keras.utils.set_random_seed(FLAGS.seed)
-    float_model = _compile(small_cnn(input_shape=train_x.shape[1:], num_classes=10), 3e-3,
-                           FLAGS.float_epochs, _steps(train_x))
-    float_model.fit(train_x, train_y, batch_size=FLAGS.batch_size, epochs=FLAGS.float_epochs,
-                    verbose=0)
+    float_model = train_float(data, epochs=FLAGS.float_epochs, batch_size=FLAGS.batch_size,
+                              seed=FLAGS.seed)
     _, float_accuracy = float_model.evaluate(test_x, test_y, verbose=0)
     reference = tfadaqat.quantize_model(float_model, "lsq")
     float_row = {"run": "float", "accuracy": float(float_accuracy),

@@ -4,6 +4,7 @@ A new layer type is tested by adding one entry to ``LAYER_CASES`` (a factory and
 shape); tests/test_quantize.py runs float equivalence, save/load and training checks on each.
 """
 
+import itertools
 import os
 import random
 
@@ -100,3 +101,17 @@ def classification_data():
     images = rng.normal(size=(32, 8, 8, 1)).astype("float32")
     labels = rng.integers(0, 3, size=32)
     return images, labels
+
+
+def all_configs(space):
+    """Every sub-network config of an OQAT search space, by brute force (an oracle for
+    ``SearchSpace.size`` and the evolutionary search)."""
+    from tfadaqat.oqat import SubnetConfig
+
+    per_stage = []
+    for depth in space.depths:
+        for kernels in itertools.product(space.kernel_sizes, repeat=depth):
+            for ratios in itertools.product(space.expand_ratios, repeat=depth):
+                per_stage.append((depth, kernels, ratios))
+    for stages in itertools.product(per_stage, repeat=space.stages):
+        yield SubnetConfig(*(tuple(part) for part in zip(*stages)))

@@ -1,28 +1,18 @@
 """tfadaqat.oqat.search: budgets are never exceeded, and the search finds the optimum of a
 small space that brute force can check."""
 
-import itertools
 import json
 import re
 
 import pytest
 
+from tests.conftest import all_configs
 from tfadaqat.oqat import (SearchSpace, SubnetConfig, SupernetSpec, evolutionary_search,
                            subnet_cost)
 
 SMALL = SearchSpace(kernel_sizes=(3, 5, 7), expand_ratios=(3, 6), depths=(1, 2), stages=2)
 SPEC = SupernetSpec(input_shape=(8, 8, 3), stem_channels=8, stage_channels=(8, 16),
                     stage_strides=(1, 2))
-
-
-def _all_configs(space):
-    per_stage = []
-    for depth in space.depths:
-        for kernels in itertools.product(space.kernel_sizes, repeat=depth):
-            for ratios in itertools.product(space.expand_ratios, repeat=depth):
-                per_stage.append((depth, kernels, ratios))
-    for stages in itertools.product(per_stage, repeat=space.stages):
-        yield SubnetConfig(*(tuple(part) for part in zip(*stages)))
 
 
 def _score(config):
@@ -36,7 +26,7 @@ def _bitops(config):
 
 @pytest.mark.parametrize("fraction", [0.3, 0.6])
 def test_search_finds_the_brute_force_optimum_within_budget(fraction):
-    configs = list(_all_configs(SMALL))
+    configs = list(all_configs(SMALL))
     assert len(configs) == SMALL.size() == 42**2
     budget = min(map(_bitops, configs)) + fraction * (max(map(_bitops, configs))
                                                       - min(map(_bitops, configs)))
@@ -52,7 +42,7 @@ def test_search_finds_the_brute_force_optimum_within_budget(fraction):
 
 
 def test_pareto_front_is_monotone_and_undominated():
-    budget = max(map(_bitops, _all_configs(SMALL)))
+    budget = max(map(_bitops, all_configs(SMALL)))
     result = evolutionary_search(SMALL, SPEC, _score, bitops_budget=budget, weight_bits=3,
                                  activation_bits=3, population=20, generations=4, seed=1)
     front = result.pareto_front()
@@ -67,7 +57,7 @@ def test_pareto_front_is_monotone_and_undominated():
 
 
 def test_weight_memory_budget_is_honoured_too():
-    configs = list(_all_configs(SMALL))
+    configs = list(all_configs(SMALL))
     kb = [subnet_cost(c, SPEC, weight_bits=3, activation_bits=3)["weight_kb"] for c in configs]
     limit = sorted(kb)[len(kb) // 3]
     result = evolutionary_search(SMALL, SPEC, _score, bitops_budget=float("inf"),

@@ -1,11 +1,10 @@
 """tfadaqat.oqat.space: configs, validation, sampling, mutation and crossover."""
 
-import itertools
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import all_configs
 from tfadaqat.oqat import SearchSpace, SubnetConfig
 
 SPACE = SearchSpace()
@@ -21,19 +20,9 @@ def test_largest_and_smallest_and_the_size_of_the_space():
     assert SPACE.size() == (9**2 + 9**3 + 9**4) ** 5
 
 
-def _enumerate(space):
-    per_stage = []
-    for depth in space.depths:
-        for kernels in itertools.product(space.kernel_sizes, repeat=depth):
-            for ratios in itertools.product(space.expand_ratios, repeat=depth):
-                per_stage.append((depth, kernels, ratios))
-    for stages in itertools.product(per_stage, repeat=space.stages):
-        yield SubnetConfig(*(tuple(part) for part in zip(*stages)))
-
-
 def test_size_counts_every_config_of_a_small_space():
     space = SearchSpace(kernel_sizes=(3, 5), expand_ratios=(3,), depths=(1, 2), stages=2)
-    configs = list(_enumerate(space))
+    configs = list(all_configs(space))
     assert len(configs) == len(set(configs)) == space.size() == 36
     for config in configs:
         assert space.validate(config) is config

@@ -5,7 +5,8 @@ import pytest
 
 import tfadaqat
 from tfadaqat._compat import keras, tf
-from tfadaqat.oqat import SearchSpace, SubnetConfig, SupernetSpec, block_shapes
+from tfadaqat.oqat import (SearchSpace, SubnetConfig, SupernetSpec, block_shapes, network_cost,
+                           subnet_cost)
 from tfadaqat.oqat.supernet import (Supernet, extract, inherit, recalibrate, shared_steps,
                                     step_values)
 
@@ -20,10 +21,10 @@ def _data(count=32, seed=0):
             rng.integers(0, 10, count).astype(np.int32))
 
 
-def _trained(bits=4):
+def _trained(bits=4, edge_bits=None):
     keras.utils.set_random_seed(0)
     images, labels = _data()
-    net = Supernet(SPEC, SPACE, bits=bits)
+    net = Supernet(SPEC, SPACE, bits=bits, edge_bits=edge_bits)
     net(images[:1])
     net.initialize_steps(images)
     net.compile(keras.optimizers.Adam(1e-2),
@@ -71,10 +72,49 @@ def test_extracted_subnet_is_summarised_and_its_float_stem_named_by_export(tmp_p
     rows = {row["layer"]: row for row in table["layers"]}
     assert rows["stem_conv"]["weight_bits"] is None  # float, as OQAT keeps it
     assert rows["stage1_block1_expand_conv"]["weight_bits"] == 4
-    # OQAT's float stem has no integer kernel: export says so (integer stems come next).
+    # OQAT's float stem has no integer kernel: export says so.
     with pytest.raises(ValueError, match="'stem_conv' .* is not quantized"):
         tfadaqat.export_tflite(model, str(tmp_path / "subnet.tflite"))
     assert not (tmp_path / "subnet.tflite").exists()
+
+
+def test_subnet_of_an_8_bit_edged_supernet_equals_it_and_exports_to_integer_tflite(tmp_path):
+    net, images = _trained(bits=3, edge_bits=8)
+    config = SPACE.sample(np.random.default_rng(4))
+    recalibrate(net, config, [images])
+    model = extract(net, config)
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               net(images, config=config).numpy(), rtol=0, atol=1e-5)
+    bits = tfadaqat.bit_widths(model)
+    assert bits["image_quantize_point"] == {"output": 8}
+    assert bits["stem_conv"] == {"kernel": 8} and bits["classifier"] == {"kernel": 8,
+                                                                          "output": 8}
+    assert bits["stem_relu"] == {"output": 3} and bits["pool"] == {"output": 3}
+    whole, blocks = network_cost(config, SPEC, SPACE, 3, 8), subnet_cost(
+        config, SPEC, weight_bits=3, activation_bits=3)
+    assert whole.bitops == tfadaqat.cost(model).bitops
+    # The stem (8-bit input and kernel, 3-bit output) and the classifier on top of the blocks:
+    stem = 8 * 8 * 3 * 3 * 3 * 8 * (8 * 8)
+    classifier = 16 * 10 * (8 * 3)
+    assert whole.bitops == blocks["bitops"] + stem + classifier
+    assert {b for name, roles in bits.items() if name.startswith("stage")
+            for b in roles.values()} == {3}
+    report = tfadaqat.export_tflite(model, str(tmp_path / "subnet.tflite"), verify_with=images)
+    assert report.max_output_difference <= 2.0 + 1e-4  # in output quantization steps
+    stored = {row.layer: row for row in report.layers}
+    assert stored["stem_conv"].bits == 8 and stored["classifier"].bits == 8
+    for row in report.layers:
+        assert 0 < row.distinct_values <= row.allowed_values <= 2**row.bits
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= set(report.ops)
+
+
+def test_inheritance_keeps_the_edge_steps():
+    net, _ = _trained(bits=4, edge_bits=8)
+    child = inherit(net, 2)
+    assert child.edge_bits == 8 and child.bits == 2
+    for name, step in net.edge_steps.items():
+        assert float(child.edge_steps[name].step) == float(step.step)
+    assert step_values(child)["pool"] == pytest.approx(4 * step_values(net)["pool"])
 
 
 def test_recalibration_sets_the_moving_statistics_of_the_config():
@@ -138,3 +178,27 @@ def test_a_config_outside_the_space_is_refused():
         net(np.zeros((1, 8, 8, 3), np.float32), config=outside)
     with pytest.raises(ValueError, match=r"bits must be an integer in \[2, 8\]"):
         Supernet(SPEC, SPACE, bits=1)
+    with pytest.raises(ValueError, match=r"edge_bits must be None or an integer in \[2, 8\]"):
+        Supernet(SPEC, SPACE, bits=4, edge_bits=16)
+
+
+@pytest.mark.parametrize("distillation", [False, True])
+def test_sandwich_loss_with_and_without_in_place_distillation(distillation):
+    keras.utils.set_random_seed(0)
+    images, labels = _data(16)
+    net = Supernet(SPEC, SPACE, bits=4, random_subnets=0, distillation=distillation)
+    net(images[:1])
+    net.initialize_steps(images)
+    largest, smallest = (net._forward(images, net.config_tensors(config), batch_statistics=True)
+                         for config in (SPACE.largest(), SPACE.smallest()))
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if distillation:  # the smallest learns the largest's predictions, not the labels
+        second = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+            tf.nn.softmax(largest), smallest))
+    else:
+        second = cross_entropy(labels, smallest)
+    expected = (float(cross_entropy(labels, largest)) + float(second)) / 2
+    net.compile(keras.optimizers.SGD(0.0), cross_entropy)
+    history = net.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert inherit(net, 3).distillation is distillation

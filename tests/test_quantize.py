@@ -271,3 +271,34 @@ def test_set_bit_widths_unknown_tensor():
         tfadaqat.set_bit_widths(qmodel, {"hidden": {"bias": 4}})
     with pytest.raises(ValueError, match="bits must be an integer in 2..8"):
         tfadaqat.set_bit_widths(qmodel, {"hidden": {"kernel": 1}})
+
+
+def test_layer_bits_override_the_bits_of_named_layers():
+    model = keras.Sequential([keras.Input((6, 6, 2), name="image"),
+                              keras.layers.Conv2D(4, 3, name="first"),
+                              keras.layers.ReLU(name="relu"),
+                              keras.layers.Flatten(name="flatten"),
+                              keras.layers.Dense(3, name="last")])
+    qmodel = tfadaqat.quantize_model(model, "lsq", weight_bits=3, activation_bits=4,
+                                     layer_bits={"image_quantize_point": 8, "first": 6,
+                                                 "last": 8})
+    bits = tfadaqat.bit_widths(qmodel)
+    assert bits["image_quantize_point"] == {"output": 8}
+    assert bits["first"] == {"kernel": 6} and bits["relu"] == {"output": 4}
+    assert bits["last"] == {"kernel": 8, "output": 8}
+    adaqat = tfadaqat.quantize_model(model, "adaqat", weight_bits=4, activation_bits=4,
+                                     layer_bits={"first": 7})
+    assert tfadaqat.bit_widths(adaqat)["first"] == {"kernel": 7}
+
+
+@pytest.mark.parametrize("layer_bits, message", [
+    ({"missing": 8}, r"layer_bits names layer\(s\) \['missing'\]"),
+    ({"first": 1}, r"layer_bits\['first'\] must be an integer in 2..16, got 1"),
+])
+def test_bad_layer_bits_are_refused(layer_bits, message):
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, name="first")])
+    with pytest.raises(ValueError, match=message):
+        tfadaqat.quantize_model(model, "lsq", layer_bits=layer_bits)
+    if "first" in layer_bits:
+        with pytest.raises(ValueError, match=r"layer_bits\['first'\] must"):
+            tfadaqat.quantize_model(model, "dq", layer_bits={"first": 12})

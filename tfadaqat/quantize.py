@@ -55,8 +55,8 @@ _INPUT_POINT_SUFFIX = "_quantize_point"
 def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                    activation_bits: int = 8, min_bits: int = 2, max_bits: int = 8,
                    skip: Sequence[str] = (), learn_bits: bool = True,
-                   quantize_inputs: bool = True, budget=None, cost_weight=10.0,
-                   adaqat_rule="default", **method_options):
+                   quantize_inputs: bool = True, layer_bits: Optional[Dict[str, int]] = None,
+                   budget=None, cost_weight=10.0, adaqat_rule="default", **method_options):
     """Returns a copy of `model` ready for quantization-aware training with learned bit-widths.
 
     Args:
@@ -71,6 +71,10 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       skip: Names of layers to leave in float.
       learn_bits: For "adaqat": keep relaxed bit-width variables (False fixes the bits).
       quantize_inputs: Quantize the model inputs (signed grid).
+      layer_bits: Bit-widths by layer name that replace `weight_bits` and `activation_bits`
+        for every tensor of that layer (e.g. ``{"stem_conv": 8, "classifier": 8}`` to keep
+        the first and last layers at 8 bits; the input's quantizer is the layer
+        ``"<input name>_quantize_point"``). Fixed for "lsq", the initial bits otherwise.
       budget: A :class:`tfadaqat.Budget` the learned bit-widths must meet by the end of ``fit``
         ("dq": a penalty on the loss; "adaqat": its rule's cost term with prices adapted
         to the budget, see :func:`tfadaqat.adaqat.probe`). It is resolved against this model
@@ -129,8 +133,21 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         raise ValueError(f"skip names layer(s) {missing} that the model does not have; "
                          f"layers: {sorted(names)}")
 
-    def quantizer(kind: str, signed: bool):
-        bits = weight_bits if kind == "weight" else activation_bits
+    layer_bits = dict(layer_bits or {})
+    missing = sorted(set(layer_bits) - names)
+    if missing:
+        raise ValueError(f"layer_bits names layer(s) {missing} that the model does not have; "
+                         f"layers: {sorted(names)}")
+    for name, value in layer_bits.items():
+        quantizers_lib.validate_bits(f"layer_bits[{name!r}]", value, low=2)
+        if method != "lsq" and not max(min_bits, 2) <= value <= max_bits:
+            raise ValueError(f"layer_bits[{name!r}] must lie in min_bits..max_bits = "
+                             f"{max(min_bits, 2)}..{max_bits} for method {method!r}, got "
+                             f"{value}")
+
+    def quantizer(kind: str, signed: bool, layer_name: str):
+        bits = layer_bits.get(layer_name,
+                              weight_bits if kind == "weight" else activation_bits)
         return configs_lib.make_quantizer(
             method, kind, signed=signed, bits=bits,
             min_bits=max(min_bits, 2) if signed else min_bits, max_bits=max_bits,
@@ -389,10 +406,10 @@ def _plan(flat, skip, quantizer) -> Tuple[Dict[str, configs_lib.LayerQuantizeCon
             unsupported.append(f"{layer.name} ({type(layer).__name__})")
             continue
         attributes = _weight_attributes(layer) or ()
-        weight_quantizer = quantizer("weight", True) if attributes else None
+        weight_quantizer = quantizer("weight", True, layer.name) if attributes else None
         output_quantizer = None
         if not fused_into_consumer(layer):
-            output_quantizer = quantizer("activation", not non_negative[layer.name])
+            output_quantizer = quantizer("activation", not non_negative[layer.name], layer.name)
         if weight_quantizer is None and output_quantizer is None:
             continue
         configs[layer.name] = configs_lib.LayerQuantizeConfig(attributes, weight_quantizer,

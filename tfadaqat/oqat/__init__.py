@@ -8,9 +8,10 @@ from tfadaqat.oqat.architecture import (BlockShape, SupernetSpec, block_shapes, 
                                         subnet_cost)
 from tfadaqat.oqat.search import Candidate, SearchResult, evolutionary_search
 from tfadaqat.oqat.space import SearchSpace, SubnetConfig
-from tfadaqat.oqat.supernet import (Supernet, extract, inherit, recalibrate, shared_steps,
-                                    step_values)
+from tfadaqat.oqat.supernet import (Supernet, extract, inherit, network_cost, quantize_subnet,
+                                    recalibrate, shared_steps, step_values)
 
 __all__ = ["BlockShape", "Candidate", "SearchResult", "SearchSpace", "SubnetConfig", "Supernet",
            "SupernetSpec", "block_shapes", "build_subnet", "evolutionary_search", "extract",
-           "inherit", "recalibrate", "shared_steps", "step_values", "subnet_cost"]
+           "inherit", "network_cost", "quantize_subnet", "recalibrate", "shared_steps",
+           "step_values", "subnet_cost"]

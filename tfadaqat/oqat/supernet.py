@@ -15,13 +15,17 @@ depthwise kernel, a project kernel and three BatchNormalizations. A sub-network 
 Masks instead of slices keep one traced graph for every sub-network, so the sandwich rule can
 draw random sub-networks inside ``fit``. Every quantized layer has ONE LSQ step for its
 weights and one for its output, read by every sub-network whatever slice it takes (OQAT's
-shared step size). The stem convolution and the classifier stay in float. Quantization points
-are those :func:`tfadaqat.quantize_model` gives the sub-network's own model, so that
-:func:`extract` reproduces the supernet's outputs.
+shared step size). The stem convolution and the classifier stay in float as in OQAT, or,
+with ``edge_bits=8``, are quantized at that bit-width (input, stem kernel, classifier kernel
+and logits, each with its own LSQ step) so that extracted sub-networks export to integer
+TFLite. Quantization points are those :func:`tfadaqat.quantize_model` gives the
+sub-network's own model, so that :func:`extract` reproduces the supernet's outputs.
 
-BatchNormalization during training normalises with the sub-network's batch statistics and
-does not update moving statistics (they would mix sub-networks); :func:`recalibrate` sets
-them for one sub-network from a few batches, as once-for-all does before evaluating it.
+BatchNormalization during training (the stem's too) normalises with the sub-network's batch
+statistics and does not update moving statistics (they would mix sub-networks);
+:func:`recalibrate` sets them for one sub-network from a few batches, as once-for-all does
+before evaluating it. Evaluating or searching sub-networks therefore changes nothing a later
+evaluation of another one depends on.
 """
 
 from __future__ import annotations
@@ -137,33 +141,65 @@ class Supernet(keras.Model):
     Call it as ``supernet(images, config=SubnetConfig(...))`` (the largest sub-network when
     `config` is None). ``fit`` trains it with the sandwich rule: each step runs the largest,
     the smallest and `random_subnets` random sub-networks on the batch and applies the sum of
-    their gradients.
+    their gradients. With `distillation` (in-place distillation of once-for-all), the largest
+    learns from the labels and every other sub-network from the largest's predictions:
+    ``loss = CE(softmax(stop_gradient(z_largest)), softmax(z))``.
 
     Args:
       spec: The skeleton (:class:`tfadaqat.oqat.SupernetSpec`).
       space: The search space.
-      bits: Bit-width of every quantized weight and activation (>= 2).
+      bits: Bit-width of every quantized weight and activation of the blocks, and of the
+        stem's and the pooling's outputs (an integer in [2, 8]).
       random_subnets: Random sub-networks per sandwich step.
       seed: Seed of the weight initialisation.
+      distillation: Whether the smaller sub-networks learn from the largest's predictions.
+      edge_bits: None keeps the stem convolution and the classifier in float (OQAT); an
+        integer in [2, 8] quantizes the input, the stem kernel, the classifier kernel and
+        the logits at that bit-width (needed to export extracted sub-networks).
 
     Raises:
-      ValueError: For bits below 2 or a space that does not fit `spec`.
+      ValueError: For bits or edge_bits outside [2, 8] or a space that does not fit `spec`.
     """
 
     def __init__(self, spec: SupernetSpec, space: SearchSpace = SearchSpace(), bits: int = 4,
-                 random_subnets: int = 2, seed: int = 0, **kwargs):
+                 random_subnets: int = 2, seed: int = 0, edge_bits: Optional[int] = None,
+                 distillation: bool = False, **kwargs):
         super().__init__(**kwargs)
         spec.check(space)
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"bits must be an integer in [2, 8], got {bits!r}")
+        if edge_bits is not None and (isinstance(edge_bits, bool) or
+                                      not isinstance(edge_bits, int) or not 2 <= edge_bits <= 8):
+            raise ValueError(f"edge_bits must be None or an integer in [2, 8], got {edge_bits!r}")
         self.spec, self.space, self.bits, self.random_subnets = spec, space, bits, random_subnets
-        self.stem = keras.layers.Conv2D(spec.stem_channels, 3, strides=spec.stem_stride,
-                                        padding="same", use_bias=False, name="stem_conv")
-        self.stem_bn = keras.layers.BatchNormalization(momentum=spec.bn_momentum,
-                                                       name="stem_bn")
+        if isinstance(random_subnets, bool) or not isinstance(random_subnets, int) or (
+                random_subnets < 0):
+            raise ValueError(f"random_subnets must be a non-negative integer, got "
+                             f"{random_subnets!r}")
+        self.seed, self.edge_bits, self.distillation = seed, edge_bits, bool(distillation)
+        # The sandwich's mean loss; compile()'s own tracker would average only the label losses.
+        self.sandwich_loss = keras.metrics.Mean(name="loss")
+        self.stem_kernel = tf.Variable(
+            keras.initializers.GlorotUniform(seed=seed + 7)(
+                [3, 3, spec.input_shape[-1], spec.stem_channels]), name="stem_kernel")
+        self.stem_bn = _BatchNorm(spec.stem_channels, "stem_bn")
         self.stem_step = _Step(bits, False, "activation", "stem_relu_step")
         self.pool_step = _Step(bits, True, "activation", "pool_step")
-        self.classifier = keras.layers.Dense(spec.num_classes, name="classifier")
+        self.classifier_kernel = tf.Variable(
+            keras.initializers.GlorotUniform(seed=seed + 8)(
+                [spec.stage_channels[-1], spec.num_classes]), name="classifier_kernel")
+        self.classifier_bias = tf.Variable(tf.zeros([spec.num_classes]), name="classifier_bias")
+        # "layer/tensor" of the extracted model -> step; empty with a float stem and classifier.
+        self.edge_steps: Dict[str, _Step] = {}
+        if edge_bits is not None:
+            self.edge_steps = {
+                "image_quantize_point/output": _Step(edge_bits, True, "activation",
+                                                          "image_step"),
+                "stem_conv/kernel": _Step(edge_bits, True, "weight", "stem_conv_step"),
+                "classifier/kernel": _Step(edge_bits, True, "weight",
+                                                "classifier_kernel_step"),
+                "classifier/output": _Step(edge_bits, True, "activation",
+                                                "classifier_output_step")}
         self.slots: List[List[_BlockSlot]] = []
         channels = spec.stem_channels
         for stage in range(spec.stages):
@@ -207,8 +243,14 @@ class Supernet(keras.Model):
 
     def _forward(self, images, tensors, *, batch_statistics: bool, initialize: bool = False,
                  moments: Optional[List] = None):
-        x = self.stem(images)
-        x = self.stem_bn(x, training=batch_statistics)
+        images = tf.convert_to_tensor(images, tf.float32)
+        edges = self.edge_steps
+        kernel = self.stem_kernel
+        if edges:
+            images = edges["image_quantize_point/output"](images, initialize)
+            kernel = edges["stem_conv/kernel"](kernel, initialize)
+        x = tf.nn.conv2d(images, kernel, self.spec.stem_stride, "SAME")
+        x = self.stem_bn(x, batch_statistics, moments)
         x = self.stem_step(tf.nn.relu(x), initialize)
         largest = self.space.kernel_sizes[-1]
         offsets = tf.abs(tf.range(largest) - largest // 2)
@@ -222,7 +264,13 @@ class Supernet(keras.Model):
                 x = slot(x, kernel_mask, channel_mask, tensors["active"][stage, block],
                          batch_statistics, initialize, moments)
         x = self.pool_step(tf.reduce_mean(x, axis=[1, 2]), initialize)
-        return self.classifier(x)
+        kernel = self.classifier_kernel
+        if edges:
+            kernel = edges["classifier/kernel"](kernel, initialize)
+        logits = tf.matmul(x, kernel) + self.classifier_bias
+        if edges:
+            logits = edges["classifier/output"](logits, initialize)
+        return logits
 
     def call(self, images, training=None, config: Optional[SubnetConfig] = None):
         tensors = self.config_tensors(config or self.space.largest())
@@ -242,23 +290,34 @@ class Supernet(keras.Model):
         variables = self.trainable_variables
         total = [tf.zeros_like(v) for v in variables]
         losses = []
+        teacher = None
         for tensors in configs:
             with tf.GradientTape() as tape:
                 logits = self._forward(images, tensors, batch_statistics=True)
-                loss = self.compiled_loss(labels, logits, regularization_losses=self.losses)
+                if teacher is None:
+                    loss = self.compiled_loss(labels, logits, regularization_losses=self.losses)
+                else:
+                    loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+                        teacher, logits))
+            if self.distillation and teacher is None:
+                teacher = tf.nn.softmax(tf.stop_gradient(logits))
             gradients = tape.gradient(loss, variables)
             total = [t if g is None else t + g for t, g in zip(total, gradients)]
             losses.append(loss)
         self.optimizer.apply_gradients(zip(total, variables))
+        self.sandwich_loss.update_state(tf.add_n(losses) / len(losses))
         self.compiled_metrics.update_state(labels, logits)  # the last (random) sub-network
-        return {"loss": tf.add_n(losses) / len(losses),
-                **{m.name: m.result() for m in self.metrics if m.name != "loss"}}
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        """The sandwich's mean loss, then the compiled metrics (of the last sub-network)."""
+        return [self.sandwich_loss] + [m for m in super().metrics if m.name != "loss"]
 
 
 def recalibrate(supernet: Supernet, config: SubnetConfig, batches: Iterable) -> None:
-    """Sets the moving BatchNorm statistics `config` uses to the mean over `batches` (images,
-    or ``(images, labels)``) of its batch statistics. The stem's BatchNormalization, shared by
-    every sub-network, is left as training set it."""
+    """Sets the moving BatchNorm statistics `config` uses (the stem's included) to the mean
+    over `batches` (images, or ``(images, labels)``) of its batch statistics."""
     tensors = supernet.config_tensors(config)
     sums: Dict[int, list] = {}
     count = 0
@@ -280,7 +339,8 @@ def recalibrate(supernet: Supernet, config: SubnetConfig, batches: Iterable) -> 
 
 def inherit(supernet: Supernet, bits: int) -> Supernet:
     """The ``bits``-bit supernet made from `supernet`: same weights, every step doubled per bit
-    removed (OQAT's bit inheritance; fine-tune it briefly afterwards).
+    removed (OQAT's bit inheritance; fine-tune it briefly afterwards). The steps of a
+    quantized stem and classifier (``edge_bits``) keep their bit-width and their values.
 
     Raises:
       ValueError: If `bits` is below 2 or not below the supernet's bit-width.
@@ -288,7 +348,8 @@ def inherit(supernet: Supernet, bits: int) -> Supernet:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits < supernet.bits:
         raise ValueError(f"bits must be an integer in [2, {supernet.bits - 1}] (below the "
                          f"supernet's {supernet.bits} bits), got {bits!r}")
-    child = Supernet(supernet.spec, supernet.space, bits, supernet.random_subnets)
+    child = Supernet(supernet.spec, supernet.space, bits, supernet.random_subnets,
+                     supernet.seed, supernet.edge_bits, supernet.distillation)
     sample = tf.zeros((1,) + tuple(supernet.spec.input_shape))
     child(sample)
     supernet(sample)
@@ -304,13 +365,11 @@ def extract(supernet: Supernet, config: SubnetConfig):
     weights, recalibrated BatchNorm statistics and the shared steps; its outputs equal
     ``supernet(x, config=config)`` in inference mode, and :func:`tfadaqat.summary` and
     :func:`tfadaqat.export_tflite` accept it."""
-    from tfadaqat.quantize import quantize_model, quantized_tensors, unwrapped_layer
+    from tfadaqat.quantize import quantized_tensors, unwrapped_layer
 
     float_model = build_subnet(config, supernet.spec, supernet.space,
                                name=f"oqat_{supernet.bits}bit_subnet")
-    model = quantize_model(float_model, "lsq", weight_bits=supernet.bits,
-                           activation_bits=supernet.bits, skip=("stem_conv", "classifier"),
-                           quantize_inputs=False)
+    model = quantize_subnet(float_model, supernet.bits, supernet.edge_bits)
     layers = {unwrapped_layer(layer).name: layer for layer in model.layers}
 
     def kernel(name):  # a wrapper's layer attribute holds the quantized tensor, not the variable
@@ -318,9 +377,13 @@ def extract(supernet: Supernet, config: SubnetConfig):
                      if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")]
         return variable
 
-    layers["stem_conv"].set_weights(supernet.stem.get_weights())
-    layers["stem_bn"].set_weights(supernet.stem_bn.get_weights())
-    layers["classifier"].set_weights(supernet.classifier.get_weights())
+    kernel("stem_conv").assign(supernet.stem_kernel)
+    unwrapped_layer(layers["stem_bn"]).set_weights(
+        [v.numpy() for v in (supernet.stem_bn.gamma, supernet.stem_bn.beta,
+                             supernet.stem_bn.moving_mean, supernet.stem_bn.moving_variance)])
+    kernel("classifier").assign(supernet.classifier_kernel)
+    bias, = [w for w in layers["classifier"].weights if w.name.endswith("bias:0")]
+    bias.assign(supernet.classifier_bias)
     steps = shared_steps(supernet)
     for stage, block, kernel_size, ratio in config.blocks():
         slot = supernet.slots[stage][block]
@@ -338,15 +401,42 @@ def extract(supernet: Supernet, config: SubnetConfig):
                 [v.numpy()[:size] for v in (batch_norm.gamma, batch_norm.beta,
                                             batch_norm.moving_mean,
                                             batch_norm.moving_variance)])
-    for layer_name, _, _, variables, _ in quantized_tensors(model):
-        variables["step"].assign(steps[layer_name])  # the layers carry the steps' names
+    for layer_name, role, _, variables, _ in quantized_tensors(model):
+        if f"{layer_name}/{role}" in supernet.edge_steps:
+            variables["step"].assign(supernet.edge_steps[f"{layer_name}/{role}"].step)
+        else:
+            variables["step"].assign(steps[layer_name])  # the layers carry the steps' names
         variables["initialized"].assign(1.0)
     return model
 
 
+def quantize_subnet(float_model, bits: int, edge_bits: Optional[int] = None):
+    """A :func:`build_subnet` model quantized as the supernet quantizes it: LSQ at `bits`
+    everywhere, the stem convolution and the classifier in float (`edge_bits` None) or, with
+    the input, at `edge_bits`."""
+    from tfadaqat.quantize import quantize_model
+
+    if edge_bits is None:
+        edges = {"skip": ("stem_conv", "classifier"), "quantize_inputs": False}
+    else:
+        edges = {"layer_bits": {"image_quantize_point": edge_bits, "stem_conv": edge_bits,
+                                "classifier": edge_bits}}
+    return quantize_model(float_model, "lsq", weight_bits=bits, activation_bits=bits, **edges)
+
+
+def network_cost(config: SubnetConfig, spec: SupernetSpec, space: SearchSpace, bits: int,
+                 edge_bits: Optional[int] = None):
+    """:func:`tfadaqat.cost` of the whole quantized sub-network `config` (stem and
+    classifier included, as counted for any other quantized model), without a supernet."""
+    from tfadaqat.cost import cost
+
+    return cost(quantize_subnet(build_subnet(config, spec, space), bits, edge_bits))
+
+
 def shared_steps(supernet: Supernet) -> Dict[str, tf.Variable]:
-    """Every shared step variable, by the name of the layer it quantizes in an extracted
-    model (``stem_relu``, ``stage1_block1_expand_conv``, ..., ``pool``)."""
+    """Every shared step variable at the supernet's bit-width, by the name of the layer it
+    quantizes in an extracted model (``stem_relu``, ``stage1_block1_expand_conv``, ...,
+    ``pool``); the ``edge_bits`` steps are in ``supernet.edge_steps``."""
     steps = {"stem_relu": supernet.stem_step.step, "pool": supernet.pool_step.step}
     for stage_slots in supernet.slots:
         for slot in stage_slots:
