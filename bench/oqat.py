@@ -42,8 +42,9 @@ from recipes.data import load_digits
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 30, "Sandwich epochs of the 4-bit supernet.", lower_bound=1)
-flags.DEFINE_integer("finetune_epochs", 10, "Fine-tuning epochs after inheritance.",
+flags.DEFINE_integer("finetune_epochs", 15, "Fine-tuning epochs after inheritance.",
                      lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Training batch size (bench/budget's).", lower_bound=1)
 flags.DEFINE_bool("distillation", True, "In-place distillation from the largest sub-net.")
 flags.DEFINE_integer("generations", 6, "Search generations per budget.", lower_bound=1)
 flags.DEFINE_integer("population", 16, "Search population.", lower_bound=2)
@@ -84,7 +85,8 @@ def main(argv):
     options = oqat.Options(
         workdir=os.path.join(FLAGS.out, "recipe"), dataset="digits", bits=(4, BITS),
         budgets=BUDGETS, budget_reference=baseline["bitops"], epochs=FLAGS.epochs,
-        finetune_epochs=FLAGS.finetune_epochs, distillation=FLAGS.distillation,
+        finetune_epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size,
+        distillation=FLAGS.distillation,
         population=FLAGS.population, generations=FLAGS.generations, seed=SEED)
     rows = oqat.run(options)
 

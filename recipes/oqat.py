@@ -48,7 +48,7 @@ from tfadaqat.oqat import (SearchSpace, Supernet, SupernetSpec, evolutionary_sea
 DATASETS = ("digits", "cifar10")
 _DIGITS_CHANNELS = (8, 16, 24, 32, 48)
 _SEARCH_EXAMPLES = {"digits": 300, "cifar10": 5000}
-_CALIBRATION_BATCHES = 4
+_CALIBRATION_BATCHES = 8  # BatchNorm recalibration on 1,024 training images
 _BATCH = 128  # calibration and evaluation batches
 
 
@@ -104,6 +104,9 @@ class Options:
         if self.edge_bits != 0 and not 2 <= self.edge_bits <= 8:
             raise ValueError(f"edge_bits must be 0 (float stem and classifier) or in [2, 8], "
                              f"got {self.edge_bits}")
+        for name in ("learning_rate", "finetune_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs", "finetune_epochs", "batch_size", "population", "generations",
                      "parents", "verify_examples"):
             if getattr(self, name) < 1:
@@ -153,8 +156,8 @@ def load_data(options: Options) -> _Data:
         train_x, test_x, train_y, test_y = data.load_digits(seed=options.seed)
         fit = (train_x[:-held_out], train_y[:-held_out])
         search = (train_x[-held_out:], train_y[-held_out:])
-        calibration = [fit[0][i:i + _BATCH]
-                       for i in range(0, _CALIBRATION_BATCHES * _BATCH, _BATCH)]
+        calibration = [fit[0][i:i + _BATCH] for i in range(
+            0, min(len(fit[0]), _CALIBRATION_BATCHES * _BATCH), _BATCH)]
         return _Data(fit, search, calibration, (test_x, test_y),
                      -(-len(fit[0]) // options.batch_size))
     spec = data.dataset_spec(options.dataset)
@@ -186,13 +189,19 @@ def _compile(net: Supernet, learning_rate: float, epochs: int, steps: int) -> No
 
 def _fit(net: Supernet, run_data: _Data, epochs: int, batch_size: int, backup: str) -> None:
     """``fit`` with an epoch checkpoint in `backup`, removed when training ends."""
-    callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True)]
+    callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True),
+                 keras.callbacks.TerminateOnNaN()]
     if isinstance(run_data.train, tuple):
         images, labels = run_data.train
-        net.fit(images, labels, batch_size=batch_size, epochs=epochs, callbacks=callbacks,
-                verbose=2)
+        history = net.fit(images, labels, batch_size=batch_size, epochs=epochs,
+                          callbacks=callbacks, verbose=2)
     else:
-        net.fit(run_data.train, epochs=epochs, callbacks=callbacks, verbose=2)
+        history = net.fit(run_data.train, epochs=epochs, callbacks=callbacks, verbose=2)
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise FloatingPointError(
+            f"the {net.bits}-bit supernet's loss became {losses[-1]} in epoch {len(losses)}: "
+            "training diverged; try a lower --learning_rate")
     shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -344,7 +353,7 @@ def run(options: Options) -> List[Dict]:
             print(f"[{bits}-bit search] {name}: at most {budget:,.0f} BitOPs", flush=True)
             result = evolutionary_search(
                 space, spec, lambda config: subnet_accuracy(
-                    net, config, run_data.calibration[:2], *run_data.search),
+                    net, config, run_data.calibration, *run_data.search),
                 bitops_budget=budget - edges, weight_bits=bits, activation_bits=bits,
                 population=options.population, generations=options.generations,
                 parents=min(options.parents, options.population), seed=options.seed,

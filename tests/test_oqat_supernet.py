@@ -35,7 +35,7 @@ def _trained(bits=4, edge_bits=None):
 
 def test_two_subnets_read_and_train_the_same_step_variable():
     net, images = _trained()
-    step = net.slots[0][0].steps["expand_conv"].step
+    step = net.slots[0][0].steps["expand_conv"].log_step
     gradients = []
     for config in (SPACE.largest(), SPACE.smallest()):
         with tf.GradientTape() as tape:

@@ -22,6 +22,7 @@ TINY = dict(bits=(4, 3), budgets=(0.6,), epochs=1, finetune_epochs=1, population
     ("budgets", (0.5, 1.5), r"budgets must be fractions in \(0, 1\]"),
     ("edge_bits", 16, r"edge_bits must be 0 \(float stem and classifier\) or in \[2, 8\]"),
     ("epochs", 0, r"epochs must be a positive integer, got 0"),
+    ("learning_rate", -1.0, r"learning_rate must be positive, got -1.0"),
 ])
 def test_bad_options_are_refused(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -88,3 +89,11 @@ def test_cifar10_pipeline_runs_on_mock_data(tmp_path):
 def _config(values):
     from tfadaqat.oqat import SubnetConfig
     return SubnetConfig.from_dict(values)
+
+
+def test_a_diverging_supernet_is_reported_not_saved(tmp_path):
+    options = oqat.Options(workdir=str(tmp_path / "run"),
+                           **{**TINY, "bits": (3,), "learning_rate": 1e9})
+    with pytest.raises(FloatingPointError, match=r"3-bit supernet's loss became nan in epoch 1"):
+        oqat.run(options)
+    assert not os.path.exists(tmp_path / "run" / "supernets" / "3bit.index")

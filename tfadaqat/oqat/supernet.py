@@ -65,17 +65,26 @@ class _BatchNorm(tf.Module):
 
 
 class _Step(tf.Module):
-    """One shared LSQ step and the quantizer that uses it."""
+    """One shared LSQ step ``s = exp(log_step)`` and the quantizer that uses it.
+
+    The step is learned in log space: an optimizer that normalises gradients (Adam) then moves
+    it by a relative amount per update, where on ``s`` itself it moves it by about the learning
+    rate, which drove small weight steps through zero within a few updates (a 3-bit supernet
+    from scratch diverged at Adam 3e-3). The gradient is LSQ's, times ``s``.
+    """
 
     def __init__(self, bits: int, signed: bool, kind: str, name: str):
         super().__init__(name=name)
         self.quantizer = LSQQuantizer(bits, signed=signed, kind=kind)
-        self.step = tf.Variable(1.0, name="step",
-                                constraint=lambda step: tf.maximum(step, 1e-8))
+        self.log_step = tf.Variable(0.0, name="log_step")
+
+    @property
+    def step(self) -> tf.Tensor:
+        return tf.exp(self.log_step)
 
     def __call__(self, x, initialize: bool = False):
         if initialize:
-            self.step.assign(self.quantizer._initial_values(x)["step"])
+            self.log_step.assign(tf.math.log(self.quantizer._initial_values(x)["step"]))
         return self.quantizer._quantize(x, {"step": self.step})
 
 
@@ -339,7 +348,7 @@ def recalibrate(supernet: Supernet, config: SubnetConfig, batches: Iterable) -> 
 
 def inherit(supernet: Supernet, bits: int) -> Supernet:
     """The ``bits``-bit supernet made from `supernet`: same weights, every step doubled per bit
-    removed (OQAT's bit inheritance; fine-tune it briefly afterwards). The steps of a
+    removed (OQAT's bit inheritance; fine-tune it briefly afterwards): ``log s + log 2`` each. The steps of a
     quantized stem and classifier (``edge_bits``) keep their bit-width and their values.
 
     Raises:
@@ -353,10 +362,10 @@ def inherit(supernet: Supernet, bits: int) -> Supernet:
     sample = tf.zeros((1,) + tuple(supernet.spec.input_shape))
     child(sample)
     supernet(sample)
-    factor = 2.0 ** (supernet.bits - bits)
+    shift = (supernet.bits - bits) * np.log(2.0)  # steps x 2 per bit: log steps + log 2
     steps = {id(step) for step in shared_steps(supernet).values()}
     for target, source in zip(child.variables, supernet.variables):
-        target.assign(source * (factor if id(source) in steps else 1.0))
+        target.assign(source + shift if id(source) in steps else source)
     return child
 
 
@@ -405,7 +414,7 @@ def extract(supernet: Supernet, config: SubnetConfig):
         if f"{layer_name}/{role}" in supernet.edge_steps:
             variables["step"].assign(supernet.edge_steps[f"{layer_name}/{role}"].step)
         else:
-            variables["step"].assign(steps[layer_name])  # the layers carry the steps' names
+            variables["step"].assign(tf.exp(steps[layer_name]))  # named as the layers
         variables["initialized"].assign(1.0)
     return model
 
@@ -434,17 +443,19 @@ def network_cost(config: SubnetConfig, spec: SupernetSpec, space: SearchSpace, b
 
 
 def shared_steps(supernet: Supernet) -> Dict[str, tf.Variable]:
-    """Every shared step variable at the supernet's bit-width, by the name of the layer it
-    quantizes in an extracted model (``stem_relu``, ``stage1_block1_expand_conv``, ...,
-    ``pool``); the ``edge_bits`` steps are in ``supernet.edge_steps``."""
-    steps = {"stem_relu": supernet.stem_step.step, "pool": supernet.pool_step.step}
+    """Every shared step's variable (``log s``, see ``_Step``) at the supernet's bit-width, by
+    the name of the layer it quantizes in an extracted model (``stem_relu``,
+    ``stage1_block1_expand_conv``, ..., ``pool``); the ``edge_bits`` steps are in
+    ``supernet.edge_steps``."""
+    steps = {"stem_relu": supernet.stem_step.log_step, "pool": supernet.pool_step.log_step}
     for stage_slots in supernet.slots:
         for slot in stage_slots:
-            steps.update({f"{slot.name}_{part}": step.step for part, step in slot.steps.items()})
+            steps.update({f"{slot.name}_{part}": step.log_step
+                          for part, step in slot.steps.items()})
     return steps
 
 
 def step_values(supernet: Supernet) -> Dict[str, float]:
-    """Every shared step's value, named as in :func:`shared_steps`."""
-    return {name: float(step.numpy()) for name, step in shared_steps(supernet).items()}
+    """Every shared step's value ``s``, named as in :func:`shared_steps`."""
+    return {name: float(np.exp(step.numpy())) for name, step in shared_steps(supernet).items()}
 
