@@ -64,13 +64,13 @@ class Options:
     dataset: str = "digits"
     bits: Tuple[int, ...] = (4, 3, 2)
     budgets: Tuple[float, ...] = (0.5, 0.25)
-    epochs: int = 20
-    finetune_epochs: int = 5
-    batch_size: int = 64
+    epochs: int = 30
+    finetune_epochs: int = 30
+    batch_size: int = 32
     learning_rate: float = 3e-3
-    finetune_learning_rate: float = 1e-3
+    finetune_learning_rate: float = 2e-3
     edge_bits: int = 8
-    distillation: bool = False
+    distillation: bool = True
     random_subnets: int = 2
     population: int = 16
     generations: int = 6
@@ -395,14 +395,14 @@ def define_flags() -> None:
                       "the sandwich rule, each next one inherited and fine-tuned.")
     flags.DEFINE_list("budgets", ["0.5", "0.25"], "BitOPs budgets as fractions in (0, 1] of the "
                       "largest sub-network's BitOPs at the first bit-width.")
-    flags.DEFINE_integer("epochs", 20, "Sandwich epochs of the first supernet.")
-    flags.DEFINE_integer("finetune_epochs", 5, "Fine-tuning epochs after each inheritance.")
-    flags.DEFINE_integer("batch_size", 64, "Training batch size.")
+    flags.DEFINE_integer("epochs", 30, "Sandwich epochs of the first supernet.")
+    flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs after each inheritance.")
+    flags.DEFINE_integer("batch_size", 32, "Training batch size.")
     flags.DEFINE_float("learning_rate", 3e-3, "Adam's peak rate (cosine decay), first supernet.")
-    flags.DEFINE_float("finetune_learning_rate", 1e-3, "Adam's peak rate after inheritance.")
+    flags.DEFINE_float("finetune_learning_rate", 2e-3, "Adam's peak rate after inheritance.")
     flags.DEFINE_integer("edge_bits", 8, "Bits of the input, stem and classifier; 0 keeps stem "
                          "and classifier in float (OQAT's choice; then no .tflite is written).")
-    flags.DEFINE_bool("distillation", False, "In-place distillation from the largest sub-net.")
+    flags.DEFINE_bool("distillation", True, "In-place distillation from the largest sub-net.")
     flags.DEFINE_integer("random_subnets", 2, "Random sub-networks per sandwich step.")
     flags.DEFINE_integer("population", 16, "Search population.")
     flags.DEFINE_integer("generations", 6, "Search generations per budget and bit-width.")

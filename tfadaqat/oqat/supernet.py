@@ -348,8 +348,8 @@ def recalibrate(supernet: Supernet, config: SubnetConfig, batches: Iterable) -> 
 
 def inherit(supernet: Supernet, bits: int) -> Supernet:
     """The ``bits``-bit supernet made from `supernet`: same weights, every step doubled per bit
-    removed (OQAT's bit inheritance; fine-tune it briefly afterwards): ``log s + log 2`` each. The steps of a
-    quantized stem and classifier (``edge_bits``) keep their bit-width and their values.
+    removed, i.e. ``log s + log 2`` each (OQAT's bit inheritance; fine-tune it afterwards). The
+    steps of a quantized stem and classifier (``edge_bits``) keep their bit-width and values.
 
     Raises:
       ValueError: If `bits` is below 2 or not below the supernet's bit-width.
