@@ -353,16 +353,16 @@ def run(options: Options) -> List[Dict]:
     rows: List[Dict] = []
     for bits, net in nets.items():
         named = [("largest", space.largest(), None), ("smallest", space.smallest(), None)]
+        least = network_cost(space.smallest(), spec, space, bits, edge_bits).bitops
+        # The stem's and classifier's BitOPs, the same in every sub-network.
+        edges = least - subnet_cost(space.smallest(), spec, weight_bits=bits,
+                                    activation_bits=bits)["bitops"]
         for fraction, budget in budgets.items():
             name = f"budget{fraction:g}"
-            least = network_cost(space.smallest(), spec, space, bits, edge_bits).bitops
             if budget < least:
                 print(f"[{bits}-bit search] {name}: unreachable at {bits} bits (smallest "
                       f"sub-network {least:,.0f} BitOPs > {budget:,.0f})", flush=True)
                 continue
-            # The stem's and classifier's BitOPs, the same in every sub-network.
-            edges = least - subnet_cost(space.smallest(), spec, weight_bits=bits,
-                                        activation_bits=bits)["bitops"]
             print(f"[{bits}-bit search] {name}: at most {budget:,.0f} BitOPs", flush=True)
             result = evolutionary_search(
                 space, spec, lambda config: subnet_accuracy(
