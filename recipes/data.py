@@ -1,4 +1,5 @@
-"""Input pipelines of the recipes: digits (bundled), CIFAR-10 and ImageNet (TensorFlow Datasets).
+"""Input pipelines of the recipes: digits (bundled), Fashion-MNIST (IDX files), CIFAR-10 and
+ImageNet (TensorFlow Datasets).
 
 Every pipeline yields batches of ``(images, labels)``: float32 images of shape
 ``(batch, height, width, channels)`` and int32 labels. :func:`dataset_spec` states what a data
@@ -9,6 +10,18 @@ model can be built before any data is touched; :func:`build_dataset` builds the
 * ``digits``: scikit-learn's bundled digits (:func:`load_digits`), 8x8x1 images in [0, 1] (or
   upsampled by an integer factor), no augmentation: a one-pixel shift of an 8x8 digit is
   already a large distortion. Needs no download.
+* ``fashion_mnist``: Zalando's 28x28x1 grey images of 10 kinds of clothing, in [0, 1] (not
+  standardized), read from the four IDX files of Debian's ``dataset-fashion-mnist`` (see
+  :mod:`recipes.idx` for the format and where they are looked for). Its splits:
+  ``"train_full"``, the 60,000 images of the training file; ``"validation"``, the last
+  ``validation_size`` of them (5,000 unless :func:`dataset_spec` is told otherwise);
+  ``"train"``, the ones before (55,000), so that hyperparameters chosen on ``"validation"``
+  were never trained on; ``"test"``, the 10,000 of the test file. The recipes train on
+  ``"train"`` and evaluate on ``"test"``. Training shifts each image by -2..2 pixels along
+  each axis with zero (black, the background) fill, i.e. zero-pads 2 pixels and takes a random
+  28x28 crop, and flips it horizontally with probability 1/2. The shifts are smaller than
+  CIFAR-10's 4 of 32 pixels because each garment was scaled to fill the frame along its
+  longer side (Xiao et al., 2017).
 * ``cifar10``: 32x32x3, per-channel standardized with the training set's mean and standard
   deviation; training adds the standard augmentation of He et al. (2016): zero-pad 4 pixels,
   take a random 32x32 crop, flip horizontally with probability 1/2.
@@ -29,19 +42,27 @@ so this one pipeline cannot be serialized (tf.data service, snapshots); sharding
 layers. ImageNet's crop must happen before batching, on images of different sizes, and
 decoding only the crop window of the JPEG is what keeps the input pipeline fast; that map must
 run in parallel, so it uses stateless random ops keyed by a per-example seed drawn from a
-seeded ``tf.data.Dataset.random`` stream instead of a stateful generator.
+seeded ``tf.data.Dataset.random`` stream instead of a stateful generator. Fashion-MNIST does
+the same per batch (one seed from that stream per batch, a shift and a flip per image drawn
+from it), so its pipeline has no state outside tf.data and needs no keras-cv.
 
-No download, ever: CIFAR-10 and ImageNet are read from a TensorFlow Datasets folder
-(``data_dir``, tfds' default when None) where they must already be prepared; otherwise
-:class:`DatasetNotPreparedError` says where tfds looked and how to prepare them. The check is
-made when tfds fails to open the data (and is then confirmed with ``builder.is_prepared()``),
-not before, so ``tfds.testing.mock_data``, which replaces the reading but not the folder,
-works unchanged in tests.
+No download, ever. Fashion-MNIST is read from its IDX files (installed by ``apt-get install
+dataset-fashion-mnist``); only where they are not found, from a TensorFlow Datasets folder in
+which ``fashion_mnist`` is already prepared (tfds stores the images in another order, so its
+``"validation"`` holds other images than the IDX files' one); if neither is there,
+:class:`DatasetNotPreparedError` gives the command that installs them. CIFAR-10 and ImageNet
+are read from a TensorFlow Datasets folder (``data_dir``, tfds' default when None) where they
+must already be prepared; otherwise :class:`DatasetNotPreparedError` says where tfds looked
+and how to prepare them. The check is made when tfds fails to open the data (and is then
+confirmed with ``builder.is_prepared()``), not before, so ``tfds.testing.mock_data``, which
+replaces the reading but not the folder, works unchanged in tests.
 
 ``tensorflow-datasets`` and ``keras-cv`` come with the ``recipes`` extra
 (``pip install -e ".[recipes]"``) and are imported only when a tfds data set is built.
 
 References:
+  Xiao et al., "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+  Algorithms", arXiv:1708.07747.
   He et al., "Deep Residual Learning for Image Recognition", arXiv:1512.03385.
   Szegedy et al., "Going Deeper with Convolutions", arXiv:1409.4842.
 """
@@ -54,8 +75,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 from tfadaqat._compat import tf
+from recipes import idx
 
-DATASET_NAMES = ("digits", "cifar10", "imagenet2012")
+DATASET_NAMES = ("digits", "cifar10", "imagenet2012", "fashion_mnist")
 
 # Mean and standard deviation of each RGB channel, on the [0, 1] scale, over the training set.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -68,9 +90,13 @@ DEFAULT_IMAGENET_SIZE = 224
 EVAL_CROP_FRACTION = 0.875
 CIFAR10_PADDING = 4
 
+FASHION_MNIST_PADDING = 2
+FASHION_MNIST_VALIDATION_SIZE = 5_000
+_FASHION_MNIST_EXAMPLES = {"train": 60_000, "test": 10_000}
+
 
 class DatasetNotPreparedError(RuntimeError):
-    """A tfds data set is not prepared in the folder where tfds looks for it."""
+    """A data set is not where the pipeline looks for it (and is never downloaded)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +112,14 @@ class DatasetSpec:
       eval_split: The split that training evaluates on.
       eval_examples: Number of examples of `eval_split`.
       splits: Every split :func:`build_dataset` accepts.
-      mean: Per-channel mean subtracted from images on the [0, 1] scale (zeros for digits).
-      std: Per-channel standard deviation images are divided by (ones for digits).
+      mean: Per-channel mean subtracted from images on the [0, 1] scale (zeros for digits
+        and fashion_mnist).
+      std: Per-channel standard deviation images are divided by (ones for digits and
+        fashion_mnist).
       shuffle_buffer: Examples in the training shuffle buffer.
+      validation_size: Examples held out from the end of the training file as the
+        ``"validation"`` split (fashion_mnist); 0 where nothing is held out (imagenet2012's
+        ``"validation"`` is a split of its own).
     """
 
     name: str
@@ -102,31 +133,45 @@ class DatasetSpec:
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
     shuffle_buffer: int
+    validation_size: int = 0
 
 
-def dataset_spec(name: str, image_size: Optional[int] = None) -> DatasetSpec:
+def dataset_spec(name: str, image_size: Optional[int] = None,
+                 validation_size: Optional[int] = None) -> DatasetSpec:
     """The :class:`DatasetSpec` of data set `name`, without reading any data.
 
     Args:
       name: One of :data:`DATASET_NAMES`.
       image_size: Height and width of the images; None for the data set's own (8 for digits,
-        32 for cifar10, 224 for imagenet2012). Digits accept a multiple of 8 (integer
-        upsampling), cifar10 only 32, imagenet2012 any positive size.
+        28 for fashion_mnist, 32 for cifar10, 224 for imagenet2012). Digits accept a multiple
+        of 8 (integer upsampling), fashion_mnist only 28, cifar10 only 32, imagenet2012 any
+        positive size.
+      validation_size: fashion_mnist only: examples held out from the end of its training
+        file as ``"validation"``; None for :data:`FASHION_MNIST_VALIDATION_SIZE`.
 
     Returns:
       The spec; ``spec.input_shape`` reflects `image_size`.
 
     Raises:
-      ValueError: For an unknown `name` or an `image_size` the data set does not support.
+      ValueError: For an unknown `name`, or an `image_size` or `validation_size` the data set
+        does not support.
 
     Example:
       >>> dataset_spec("imagenet2012", image_size=128).input_shape
       (128, 128, 3)
+      >>> spec = dataset_spec("fashion_mnist")
+      >>> spec.train_examples, spec.validation_size, spec.eval_examples
+      (55000, 5000, 10000)
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"name must be one of {DATASET_NAMES}, got {name!r}")
     if image_size is not None and not (_is_integer(image_size) and image_size > 0):
         raise ValueError(f"image_size must be None or a positive integer, got {image_size!r}")
+    if validation_size is not None and name != "fashion_mnist":
+        raise ValueError(f"validation_size applies to fashion_mnist only; it must be None for "
+                         f"{name}, got {validation_size!r}")
+    if name == "fashion_mnist":
+        return _fashion_mnist_spec(image_size, validation_size)
     if name == "digits":
         size = 8 if image_size is None else int(image_size)
         if size % 8:
@@ -152,9 +197,28 @@ def dataset_spec(name: str, image_size: Optional[int] = None) -> DatasetSpec:
                        mean=IMAGENET_MEAN, std=IMAGENET_STD, shuffle_buffer=10_000)
 
 
+def _fashion_mnist_spec(image_size: Optional[int],
+                        validation_size: Optional[int]) -> DatasetSpec:
+    if image_size not in (None, 28):
+        raise ValueError(f"image_size must be None or 28 for fashion_mnist, got {image_size!r}")
+    total = _FASHION_MNIST_EXAMPLES["train"]
+    if validation_size is None:
+        validation_size = FASHION_MNIST_VALIDATION_SIZE
+    elif not (_is_integer(validation_size) and 0 < validation_size < total):
+        raise ValueError(f"validation_size must be None or an integer in [1, {total - 1}] for "
+                         f"fashion_mnist, got {validation_size!r}")
+    # The whole split in the buffer: it holds uint8 images, 47 MB for the 60,000.
+    return DatasetSpec(name="fashion_mnist", tfds_name="fashion_mnist", input_shape=(28, 28, 1),
+                       num_classes=10, train_examples=total - int(validation_size),
+                       eval_split="test", eval_examples=_FASHION_MNIST_EXAMPLES["test"],
+                       splits=("train", "validation", "train_full", "test"), mean=(0.0,),
+                       std=(1.0,), shuffle_buffer=total, validation_size=int(validation_size))
+
+
 def build_dataset(name: str, split: str, *, batch_size: int, training: bool, seed: int = 0,
                   data_dir: Optional[str] = None, image_size: Optional[int] = None,
-                  drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
+                  drop_remainder: Optional[bool] = None,
+                  validation_size: Optional[int] = None) -> tf.data.Dataset:
     """The batches of `split` of data set `name`, as ``(float32 images, int32 labels)``.
 
     Training pipelines shuffle (reshuffling on every iteration) and augment; evaluation
@@ -168,17 +232,20 @@ def build_dataset(name: str, split: str, *, batch_size: int, training: bool, see
       training: Whether to shuffle and augment.
       seed: Non-negative integer; the example order and the augmentation depend on it only.
       data_dir: TensorFlow Datasets folder holding the prepared data set (tfds' default
-        when None); unused for digits.
+        when None); unused for digits. For fashion_mnist, the folder of its IDX files (see
+        :func:`recipes.idx.fashion_mnist_dir`), and the tfds folder tried when they are not there.
       image_size: Height and width of the images, as in :func:`dataset_spec`.
       drop_remainder: Whether to drop the last, smaller batch; None drops it when `training`.
+      validation_size: fashion_mnist only, as in :func:`dataset_spec`.
 
     Returns:
       A ``tf.data.Dataset`` of batches, prefetched.
 
     Raises:
       ValueError: For an unknown `name` or `split`, or a bad `batch_size`, `seed`,
-        `image_size` or `drop_remainder`.
-      DatasetNotPreparedError: If a tfds data set is not prepared in `data_dir`.
+        `image_size`, `drop_remainder` or `validation_size`; for a corrupt IDX file (named).
+      DatasetNotPreparedError: If a tfds data set is not prepared in `data_dir`, or
+        fashion_mnist is neither in its IDX folder nor prepared for tfds.
 
     Example:
       >>> images, labels = next(iter(build_dataset("digits", "test", batch_size=4,
@@ -186,7 +253,7 @@ def build_dataset(name: str, split: str, *, batch_size: int, training: bool, see
       >>> images.shape, labels.dtype
       (TensorShape([4, 8, 8, 1]), tf.int32)
     """
-    spec = dataset_spec(name, image_size)
+    spec = dataset_spec(name, image_size, validation_size)
     if split not in spec.splits:
         raise ValueError(f"split must be one of {spec.splits} for {name}, got {split!r}")
     if not (_is_integer(batch_size) and batch_size > 0):
@@ -201,6 +268,9 @@ def build_dataset(name: str, split: str, *, batch_size: int, training: bool, see
     if name == "digits":
         dataset = _digits(spec, split, batch_size=batch_size, training=training, seed=seed,
                           drop_remainder=drop_remainder)
+    elif name == "fashion_mnist":
+        dataset = _fashion_mnist(spec, split, data_dir=data_dir, batch_size=batch_size,
+                                 training=training, seed=seed, drop_remainder=drop_remainder)
     else:
         builder = _builder(spec, data_dir)
         if name == "cifar10":
@@ -301,6 +371,53 @@ def _digits(spec: DatasetSpec, split: str, *, batch_size: int, training: bool, s
         dataset = dataset.shuffle(spec.shuffle_buffer, seed=_seeds(seed, 1)[0],
                                   reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _fashion_mnist(spec: DatasetSpec, split: str, *, data_dir: Optional[str], batch_size: int,
+                   training: bool, seed: int, drop_remainder: bool) -> tf.data.Dataset:
+    shuffle_seed, augment_seed = _seeds(seed, 2)
+    images, labels = _fashion_mnist_bytes(split, data_dir, spec.validation_size)
+    dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels.astype(np.int32)))
+    if training:  # shuffles the uint8 images
+        dataset = dataset.shuffle(spec.shuffle_buffer, seed=shuffle_seed,
+                                  reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    # Division, not convert_image_dtype's multiplication by 1/255: the float32 values are then
+    # exactly NumPy's bytes / 255.
+    dataset = dataset.map(lambda images, labels: (tf.cast(images, tf.float32) / 255.0, labels),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if not training:
+        return dataset
+    batch_seeds = tf.data.Dataset.random(seed=augment_seed,
+                                         rerandomize_each_iteration=True).batch(2)
+
+    def augment(batch, batch_seed):
+        images, labels = batch
+        return _pad_crop_and_flip(images, batch_seed, FASHION_MNIST_PADDING), labels
+
+    return tf.data.Dataset.zip((dataset, batch_seeds)).map(
+        augment, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _pad_crop_and_flip(images, seed, padding: int):
+    """Each image of the batch zero-padded by `padding`, cropped back to its size at a random
+    offset, and mirrored left-right with probability 1/2, drawn from the stateless `seed`.
+
+    Equivalently: shifted by a uniform integer in ``-padding..padding`` pixels along each axis
+    (zero fill), each of the ``(2 padding + 1)^2`` shifts equally likely.
+    """
+    shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    count = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    offsets = tf.random.stateless_uniform([count, 2], seed=shift_seed, minval=0,
+                                          maxval=2 * padding + 1, dtype=tf.int32)
+    mirrored = tf.random.stateless_uniform([count], seed=flip_seed) < 0.5
+    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    rows = offsets[:, :1] + tf.range(height)[None, :]
+    columns = offsets[:, 1:] + tf.range(width)[None, :]
+    crops = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2,
+                      batch_dims=1)
+    return tf.where(mirrored[:, None, None, None], tf.reverse(crops, axis=[2]), crops)
 
 
 def _cifar10(builder, spec: DatasetSpec, split: str, *, batch_size: int, training: bool,
@@ -440,3 +557,89 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0, upsample: int = 1):
         images = np.clip(tf.image.resize(images, (size, size)).numpy(), 0.0, 1.0)
     return train_test_split(images, digits.target.astype("int32"), test_size=test_fraction,
                             random_state=seed, stratify=digits.target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST as NumPy arrays
+
+
+def load_fashion_mnist(split: str, data_dir: Optional[str] = None,
+                       validation_size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """A split of Fashion-MNIST as float32 images in [0, 1], shape (n, 28, 28, 1), in file order.
+
+    Args:
+      split: ``"train"``, ``"validation"``, ``"train_full"`` or ``"test"`` (see the module
+        docstring).
+      data_dir: The folder of the IDX files, as in :func:`recipes.idx.fashion_mnist_dir`;
+        also the TensorFlow Datasets folder tried when they are not there (tfds' default when
+        None).
+      validation_size: Examples of ``"validation"``, as in :func:`dataset_spec`.
+
+    Returns:
+      ``(images, labels)``, labels int32 in 0..9.
+
+    Raises:
+      ValueError: For an unknown `split` or a bad `validation_size`, or an IDX file that is
+        corrupt or does not hold 28x28 uint8 images and their labels (the file is named).
+      DatasetNotPreparedError: If neither the IDX files nor a prepared tfds copy are found.
+
+    Example:
+      >>> images, labels = load_fashion_mnist("validation")
+      >>> images.shape, labels.dtype
+      ((5000, 28, 28, 1), dtype('int32'))
+    """
+    spec = dataset_spec("fashion_mnist", validation_size=validation_size)
+    if split not in spec.splits:
+        raise ValueError(f"split must be one of {spec.splits} for fashion_mnist, got {split!r}")
+    images, labels = _fashion_mnist_bytes(split, data_dir, spec.validation_size)
+    return (images[..., None].astype(np.float32) / np.float32(255.0),
+            labels.astype(np.int32))
+
+
+def _fashion_mnist_bytes(split: str, data_dir: Optional[str],
+                         validation_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, 28, 28) and uint8 labels of `split`; the validation split is the end
+    of the training file, the training split what comes before it."""
+    images, labels = _fashion_mnist_file("test" if split == "test" else "train", data_dir)
+    if split in ("test", "train_full"):
+        return images, labels
+    if validation_size >= len(images):
+        raise ValueError(f"validation_size={validation_size} must be smaller than the "
+                         f"{len(images)} examples of fashion_mnist's training file")
+    cut = len(images) - validation_size
+    if split == "train":
+        return images[:cut], labels[:cut]
+    return images[cut:], labels[cut:]
+
+
+def _fashion_mnist_file(part: str, data_dir: Optional[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """The images and labels of the ``"train"`` or ``"test"`` file: from the IDX files where
+    they are, else from a prepared tfds ``fashion_mnist``, else DatasetNotPreparedError."""
+    folder = idx.fashion_mnist_dir(data_dir)
+    paths = idx.fashion_mnist_paths(part, folder)
+    missing = [name for name, path in paths.items() if path is None]
+    if not missing:
+        return idx.read_fashion_mnist(*paths.values())
+    where = (f"fashion_mnist is not prepared: {' and '.join(missing)} (or .gz) not found in "
+             f"{folder}")
+    names = ", ".join(name for pair in idx.FASHION_MNIST_FILES.values() for name in pair)
+    fix = (f"; this pipeline never downloads. Run `{idx.FASHION_MNIST_INSTALL}` (as root; it "
+           f"installs the IDX files in {idx.FASHION_MNIST_DEBIAN_DIR}), or set "
+           f"{idx.FASHION_MNIST_ENV} to a folder holding {names} (plain or .gz).")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DatasetNotPreparedError(f"{where}, and tensorflow-datasets is not installed"
+                                      f"{fix}") from None
+    builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+    try:
+        dataset = builder.as_dataset(split=part, as_supervised=True, shuffle_files=False)
+    except Exception as error:  # tfds raises AssertionError for a missing folder
+        if builder.is_prepared():
+            raise
+        raise DatasetNotPreparedError(f"{where}, nor prepared for TensorFlow Datasets in "
+                                      f"{builder.data_dir_root}{fix}") from error
+    batches = list(dataset.batch(10_000).as_numpy_iterator())
+    images = np.concatenate([images for images, _ in batches])[..., 0].astype(np.uint8)
+    labels = np.concatenate([labels for _, labels in batches]).astype(np.uint8)
+    return images, labels

@@ -1,12 +1,14 @@
-"""Shared test harness: quiet TensorFlow, seeded RNGs, small float models.
+"""Shared test harness: quiet TensorFlow, seeded RNGs, small float models, mock IDX files.
 
 A new layer type is tested by adding one entry to ``LAYER_CASES`` (a factory and an input
 shape); tests/test_quantize.py runs float equivalence, save/load and training checks on each.
 """
 
+import gzip
 import itertools
 import os
 import random
+import struct
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -115,3 +117,36 @@ def all_configs(space):
                 per_stage.append((depth, kernels, ratios))
     for stages in itertools.product(per_stage, repeat=space.stages):
         yield SubnetConfig(*(tuple(part) for part in zip(*stages)))
+
+
+def write_idx(path, array, gzipped=False):
+    """`array` as a uint8 IDX file at `path` (+ ".gz" when `gzipped`), written from the
+    format's definition rather than with the reader under test; returns the path."""
+    array = np.asarray(array, np.uint8)
+    content = (bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+               + array.tobytes())
+    path = os.fspath(path) + (".gz" if gzipped else "")
+    with open(path, "wb") as handle:
+        handle.write(gzip.compress(content) if gzipped else content)
+    return path
+
+
+def write_fashion_mnist(folder, train_examples, test_examples, gzipped=False, seed=0):
+    """Random Fashion-MNIST-shaped IDX files in `folder` (made if needed).
+
+    Returns:
+      ``{"train": (images, labels), "test": (images, labels)}``, uint8 arrays as written; the
+      first image of each part is black and the second white, so 0 and 255 both occur.
+    """
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for part, count, prefix in (("train", train_examples, "train"),
+                                ("test", test_examples, "t10k")):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        images[:1], images[1:2] = 0, 255
+        labels = rng.integers(0, 10, count, dtype=np.uint8)
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"), images, gzipped)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"), labels, gzipped)
+        written[part] = (images, labels)
+    return written

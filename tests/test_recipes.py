@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 import tfadaqat
 from tfadaqat._compat import keras, tf
 from recipes import data, training
+from tests.conftest import write_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(path for path in glob.glob(os.path.join(ROOT, "recipes", "configs", "*_*.py"))
@@ -53,11 +54,21 @@ def _silent(*_):
     pass
 
 
+@pytest.fixture(scope="module")
+def fashion_mnist_files(tmp_path_factory):
+    """Mock Fashion-MNIST IDX files, with 16 training images besides the 5,000 that the
+    recipes' default validation split holds out."""
+    folder = str(tmp_path_factory.mktemp("fashion_mnist"))
+    write_fashion_mnist(folder, data.FASHION_MNIST_VALIDATION_SIZE + 16, 16)
+    return folder
+
+
 def test_every_config_is_found_and_valid():
     names = {os.path.basename(path) for path in CONFIGS}
     assert {"digits_adaqat.py", "resnet20_cifar10_adaqat.py", "resnet20_cifar10_dq.py",
             "resnet20_cifar10_lsq.py", "resnet18_imagenet_adaqat.py", "resnet18_imagenet_dq.py",
-            "resnet18_imagenet_lsq.py"} <= names
+            "resnet18_imagenet_lsq.py", "resnet20_fashion_mnist_adaqat.py",
+            "resnet20_fashion_mnist_dq.py", "resnet20_fashion_mnist_lsq.py"} <= names
     for path in CONFIGS:
         training.validate_config(_load_config(path))
 
@@ -70,9 +81,25 @@ def test_paper_settings_of_resnet20_cifar10():
         2e-4, 160, (80, 120))
 
 
+@pytest.mark.parametrize("method, budget, bits", [
+    ("adaqat", 0.125, 8), ("dq", 0.125, 8), ("lsq", 0.0, 4)])
+def test_settings_of_resnet20_fashion_mnist(method, budget, bits):
+    config = _load_config(os.path.join(ROOT, "recipes", "configs",
+                                       f"resnet20_fashion_mnist_{method}.py"))
+    assert (config.model, config.dataset, config.method) == ("resnet20", "fashion_mnist", method)
+    assert (config.float_epochs, config.epochs, config.schedule) == (15, 15, "cosine")
+    assert (config.float_learning_rate, config.learning_rate) == (0.1, 0.01)
+    assert (config.budget.units, config.budget.bitops) == ("relative", budget)
+    assert (config.weight_bits, config.activation_bits) == (bits, bits)
+    assert training.budget_from_config(config) == (
+        tfadaqat.Budget.relative(bitops=budget) if budget else None)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_one_training_step_of_every_config(path, tmp_path):
+def test_one_training_step_of_every_config(path, tmp_path, fashion_mnist_files):
     config = _quick(_load_config(path))
+    if config.dataset == "fashion_mnist":
+        config.data_dir = fashion_mnist_files
     with tfds.testing.mock_data(num_examples=16):
         result = training.train_and_evaluate(config, str(tmp_path / "run"), say=_silent)
     assert 0.0 <= result["accuracy"] <= 1.0
@@ -248,6 +275,35 @@ def test_a_missing_data_set_gives_the_documented_message(tmp_path):
     with pytest.raises(data.DatasetNotPreparedError, match="tfds build"):
         training.train_and_evaluate(config, str(tmp_path / "run"), say=_silent)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_missing_fashion_mnist_gives_the_apt_get_command(tmp_path):
+    config = _quick(_load_config(os.path.join(ROOT, "recipes", "configs",
+                                              "resnet20_fashion_mnist_adaqat.py")),
+                    data_dir=str(tmp_path / "nothing"))
+    with pytest.raises(data.DatasetNotPreparedError,
+                       match="apt-get install dataset-fashion-mnist"):
+        training.train_and_evaluate(config, str(tmp_path / "run"), say=_silent)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_fashion_mnist_batches_of_a_run_are_a_function_of_seed_and_epoch(
+        tmp_path, fashion_mnist_files):
+    config = _quick(_load_config(os.path.join(ROOT, "recipes", "configs",
+                                              "resnet20_fashion_mnist_dq.py")),
+                    data_dir=fashion_mnist_files, steps_per_epoch=2)
+    spec = data.dataset_spec(config.dataset)
+    run = training._Run(config, str(tmp_path), tf.distribute.get_strategy(), spec, 2, True,
+                        _silent)
+
+    def batches(epoch):
+        return [x for x, _ in run.train_data(epoch).as_numpy_iterator()]
+
+    first, again, second = batches(0), batches(0), batches(1)
+    assert len(first) == 2 and first[0].shape == (8, 28, 28, 1)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(np.stack(first) - np.stack(second)).max() > 0.1
 
 
 def test_absl_refuses_an_unknown_strategy_flag(tmp_path):
