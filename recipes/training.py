@@ -42,7 +42,7 @@ import numpy as np
 
 import tfadaqat
 from tfadaqat._compat import keras, tf
-from tfadaqat.quantize import unwrapped_layer
+from tfadaqat.tensors import unwrapped_layer
 import models
 from recipes import data
 

@@ -289,9 +289,16 @@ def test_layer_without_integer_kernel_is_named(tmp_path):
     outputs = layers.LayerNormalization(name="norm")(hidden)
     with pytest.warns(UserWarning, match="norm"):
         qmodel = tfadaqat.quantize_model(keras.Model(inputs, outputs), "lsq")
-    with pytest.raises(ValueError, match="'norm' \\(LayerNormalization\\) has no integer kernel"):
+    before = [w.copy() for w in qmodel.get_weights()]
+    with pytest.raises(ValueError, match="'norm' \\(LayerNormalization\\) cannot be exported "
+                                         "with integer kernels.*allow_float_ops=True"):
         export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
     assert os.listdir(tmp_path) == []
+    for old, new in zip(before, qmodel.get_weights()):  # a failed export changes nothing
+        np.testing.assert_array_equal(old, new)
+    # The hybrid file runs it in float and says so.
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), allow_float_ops=True)
+    assert "MEAN" in report.float_ops and os.path.exists(tmp_path / "m.tflite")
 
 
 def test_representative_dataset_forms(tmp_path):
@@ -317,9 +324,24 @@ def test_activations_above_8_bits_are_refused(tmp_path):
 
 
 def test_paper_dorefa_grid_at_8_bits_is_refused_with_the_fix():
-    qmodel = tfadaqat.quantize_model(_export_model(), "adaqat", adaqat_rule=None)
+    qmodel = tfadaqat.quantize_model(_export_model(), "adaqat", adaqat_rule=None, grid="dorefa")
     with pytest.raises(ValueError, match="grid='symmetric'"):
         export.integer_function(qmodel)
+
+
+@pytest.mark.parametrize("method", tfadaqat.METHODS)
+def test_every_method_exports_with_its_defaults(method, tmp_path):
+    """quantize_model(model, method) -> fit -> export works at the default 8 bits."""
+    images, labels = _data(32, seed=5)
+    qmodel = tfadaqat.quantize_model(_export_model(), method)
+    qmodel.compile(keras.optimizers.Adam(1e-3),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(images, labels, batch_size=16, epochs=1, verbose=0)
+    assert {bits for roles in tfadaqat.bit_widths(qmodel).values()
+            for bits in roles.values()} == {8}
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=images)
+    assert report.top1_strict_agreement == 1.0 and report.max_output_difference <= 1.0
+    assert all(row.distinct_values <= 255 for row in report.layers)
 
 
 def test_command_line_exports_and_verifies(tmp_path, capsys):

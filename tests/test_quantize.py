@@ -97,7 +97,7 @@ def _dorefa_surrogate_float_model(model):
     clone.set_weights(model.get_weights())
     for layer in clone.layers:
         for attribute in ("kernel", "depthwise_kernel"):
-            if hasattr(layer, attribute) and type(layer) in tfadaqat.quantize.WEIGHT_ATTRIBUTES:
+            if hasattr(layer, attribute) and tfadaqat.kind_of(layer) is not None and tfadaqat.kind_of(layer).weights:
                 weight = getattr(layer, attribute)
                 tanh = tf.tanh(weight)
                 weight.assign(tanh / tf.reduce_max(tf.abs(tanh)) * tf.reduce_max(tf.abs(weight)))

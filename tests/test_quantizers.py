@@ -16,6 +16,7 @@ ALL_QUANTIZERS = [
     Q.LSQQuantizer(bits=3, signed=False, kind="activation"),
     Q.DQQuantizer(bits=5, min_bits=2, max_bits=8, signed=False, parametrization="U2",
                   power_of_two=True, min_step=2.0**-10, max_step=4.0),
+    Q.FixedGridQuantizer(1.0 / 128, -128, 127),
 ]
 
 
@@ -163,11 +164,13 @@ def test_nan_in_first_batch_does_not_corrupt_variables():
 
 
 @pytest.mark.parametrize("quantizer, signed, expected_range", [
-    (Q.DoReFaWeightQuantizer(bits=3, learn_bits=False), True, (-7, 7)),
+    (Q.DoReFaWeightQuantizer(bits=3, learn_bits=False, grid="dorefa"), True, (-7, 7)),
     (Q.DoReFaWeightQuantizer(bits=3, learn_bits=False, grid="symmetric"), True, (-3, 3)),
     (Q.PACTActivationQuantizer(bits=3, learn_bits=False), False, (0, 7)),
     (Q.PACTActivationQuantizer(bits=3, learn_bits=False, signed=True), True, (-3, 3)),
     (Q.LSQQuantizer(bits=3, signed=True), True, (-3, 3)),
+    (Q.FixedGridQuantizer(1.0 / 256, 0, 255), False, (0, 255)),
+    (Q.FixedGridQuantizer(1.0 / 128, -128, 127), True, (-128, 127)),
     (Q.LSQQuantizer(bits=3, signed=False, kind="activation"), False, (0, 7)),
     (Q.DQQuantizer(bits=3, signed=True), True, (-3, 3)),
     (Q.DQQuantizer(bits=3, signed=False), False, (0, 7)),
@@ -185,3 +188,36 @@ def test_integer_grid_holds_every_output(quantizer, signed, expected_range):
     integers = outputs / scale
     np.testing.assert_allclose(integers, np.round(integers), atol=1e-3)
     assert int(np.round(integers).min()) == low and int(np.round(integers).max()) == high
+
+
+@pytest.mark.parametrize("step, low, high, inputs, expected", [
+    # softmax / sigmoid grid: ties at .5 round half away from zero (FakeQuant), top saturates
+    (1 / 256, 0, 255, [0.0, 0.5 / 256, 1.5 / 256, 0.25, 1.0, -0.1],
+     [0.0, 1 / 256, 2 / 256, 64 / 256, 255 / 256, 0.0]),
+    # tanh grid: -1 and 127/128 are the ends
+    (1 / 128, -128, 127, [-1.5, -1.0, -0.3 / 128, 0.0, 0.994, 1.0],
+     [-1.0, -1.0, 0.0, 0.0, 127 / 128, 127 / 128]),
+])
+def test_fixed_grid_golden(step, low, high, inputs, expected):
+    quantizer = Q.FixedGridQuantizer(step, low, high)
+    outputs = quantizer(tf.constant(inputs, tf.float32), False, {}).numpy()
+    np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-7)
+
+
+def test_fixed_grid_gradient_is_straight_through_inside_the_range():
+    quantizer = Q.FixedGridQuantizer(1 / 256, 0, 255)
+    x = tf.constant([-0.5, 0.1, 0.5, 2.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = quantizer(x, True, {})
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0.0, 1.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ((0.0, 0, 255), "step must be positive"),
+    ((1 / 256, 0, 256), "high - low must lie in 1..255"),
+    ((1 / 256, 0.5, 255), "low must be an integer"),
+])
+def test_fixed_grid_bad_arguments(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Q.FixedGridQuantizer(*arguments)

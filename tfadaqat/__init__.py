@@ -14,10 +14,13 @@ from tfadaqat import ops
 from tfadaqat.adaqat import AdaQATRule
 from tfadaqat.configs import METHODS, LayerQuantizeConfig, make_quantizer
 from tfadaqat.model import QuantizedModel
-from tfadaqat.quantize import (bit_widths, flatten_model, load_model, quantize_model,
-                               quantize_scope, quantized_tensors, set_bit_widths)
-from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, LSQQuantizer,
-                                 PACTActivationQuantizer, TensorQuantizer)
+from tfadaqat.graph import flatten_model
+from tfadaqat.layer_kinds import LayerKind, kind_of, register_layer_kind
+from tfadaqat.layers import ChannelAffine
+from tfadaqat.quantize import load_model, quantize_model, quantize_scope
+from tfadaqat.tensors import QuantizedTensor, bit_widths, quantized_tensors, set_bit_widths
+from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, FixedGridQuantizer,
+                                 LSQQuantizer, PACTActivationQuantizer, TensorQuantizer)
 from tfadaqat.budget import Budget, budget_penalty
 from tfadaqat.callbacks import BitWidthLogger
 from tfadaqat.cost import LayerCost, ModelCost, cost, differentiable_cost, uniform_bits
@@ -32,15 +35,19 @@ __all__ = [
     "AdaQATRule",
     "BitWidthLogger",
     "Budget",
+    "ChannelAffine",
     "DoReFaWeightQuantizer",
     "DQQuantizer",
     "ExportReport",
+    "FixedGridQuantizer",
     "LSQQuantizer",
     "LayerCost",
+    "LayerKind",
     "LayerQuantizeConfig",
     "ModelCost",
     "PACTActivationQuantizer",
     "QuantizedModel",
+    "QuantizedTensor",
     "TensorQuantizer",
     "align_biases",
     "bit_widths",
@@ -49,6 +56,7 @@ __all__ = [
     "differentiable_cost",
     "export_tflite",
     "flatten_model",
+    "kind_of",
     "load_model",
     "make_quantizer",
     "ops",
@@ -56,6 +64,7 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "quantized_tensors",
+    "register_layer_kind",
     "set_bit_widths",
     "summary",
     "uniform_bits",

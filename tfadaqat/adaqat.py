@@ -41,7 +41,10 @@ import numpy as np
 
 from tfadaqat import ops
 from tfadaqat._compat import keras, tf, wrapper_weight_quantizers
+from tfadaqat.budget import QUANTITIES
+from tfadaqat.cost import cost, differentiable_cost
 from tfadaqat.quantizers import DoReFaWeightQuantizer, PACTActivationQuantizer
+from tfadaqat.tensors import quantized_tensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +156,6 @@ class _LearnedTensor:
 
 def learned_tensors(model) -> List[_LearnedTensor]:
     """The AdaQAT tensors of `model` whose bit-widths are learned, weights first."""
-    from tfadaqat.quantize import quantized_tensors  # quantize -> model -> this module
     result = []
     for _, role, quantizer, variables, wrapper in quantized_tensors(model):
         if not isinstance(quantizer, (DoReFaWeightQuantizer, PACTActivationQuantizer)):
@@ -194,8 +196,6 @@ def budget_targets(model, budget) -> np.ndarray:
     geometric mean ``sqrt(B C_0)`` of the budget ``B`` and the starting cost ``C_0`` (half of
     the reduction, in log scale), and the activation phase at ``B``.
     """
-    from tfadaqat.budget import QUANTITIES  # budget -> cost -> quantize -> model -> here
-    from tfadaqat.cost import cost
     tensors = learned_tensors(model)
     has_activations = any(not tensor.is_weight for tensor in tensors)
     start = cost(model, activation_reduce=budget.activation_reduce)
@@ -223,7 +223,6 @@ def create_budget_state(model, budget) -> Dict[str, tf.Variable]:
     :func:`budget_targets`) are weights of the model, so they are saved, restored and
     mirrored with it.
     """
-    from tfadaqat.budget import QUANTITIES  # see budget_targets
     targets = budget_targets(model, budget)
     return {
         "multipliers": model.add_weight(
@@ -238,8 +237,6 @@ def create_budget_state(model, budget) -> Dict[str, tf.Variable]:
 
 
 def _budget_sizes(model, budget) -> tf.Tensor:
-    from tfadaqat.budget import QUANTITIES  # see budget_targets
-    from tfadaqat.cost import differentiable_cost
     sizes = differentiable_cost(model, activation_reduce=budget.activation_reduce)
     return tf.stack([sizes[name] for name in QUANTITIES])
 
@@ -273,7 +270,6 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
     Returns:
       The probe loss ``L_minus`` (the step loss `loss` when nothing is probed).
     """
-    from tfadaqat.cost import differentiable_cost  # cost -> quantize -> model
     tensors = learned_tensors(model)
     if not tensors:
         return loss

@@ -11,7 +11,10 @@ DQ (Uhlich et al., arXiv:1905.11452) adds to the training loss
     penalty = sum_j lambda_j max(0, size_j - budget_j)^2
 
 over the constrained quantities ``j`` (:func:`budget_penalty`), with sizes from
-:func:`tfadaqat.cost.differentiable_cost`.
+:func:`tfadaqat.cost.differentiable_cost`. The sizes are those of the integer bit-widths, so
+they move in steps: once a model is within its budget the penalty is zero and the task loss
+pulls ranges up until a bit-width rises and the penalty returns. :func:`budget_met` is the test
+:class:`tfadaqat.QuantizedModel` uses to undo such a rise (see its ``train_step``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Dict, Optional
 
 from tfadaqat._compat import tf
 from tfadaqat.cost import ACTIVATION_REDUCTIONS, cost, uniform_bits
-from tfadaqat.quantize import quantized_tensors
+from tfadaqat.tensors import quantized_tensors
 
 #: The quantities a budget can constrain, in the units of :class:`tfadaqat.ModelCost`.
 QUANTITIES = ("bitops", "weight_kb", "activation_kb")
@@ -144,3 +147,27 @@ def budget_penalty(sizes: Dict[str, tf.Tensor], budget: Budget,
         excess = tf.nn.relu(tf.cast(sizes[name], tf.float32) - float(limit))
         penalty += float(cost_weights[name]) * tf.square(excess)
     return penalty
+
+
+def budget_met(sizes: Dict[str, tf.Tensor], budget: Budget) -> tf.Tensor:
+    """Whether every bounded quantity of `sizes` is at most its limit, as a scalar bool tensor.
+
+    Args:
+      sizes: Tensors keyed by quantity (from :func:`tfadaqat.cost.differentiable_cost`).
+      budget: An absolute budget.
+
+    Raises:
+      ValueError: For a relative budget.
+
+    Example:
+      >>> bool(budget_met({"bitops": tf.constant(10.0)}, Budget(bitops=10.0)))
+      True
+    """
+    if budget.relative_to_8bit:
+        raise ValueError("budget_met needs an absolute budget: call budget.resolve(model)")
+    met = tf.constant(True)
+    for name in QUANTITIES:
+        limit = budget.limit(name)
+        if limit is not None:
+            met = tf.logical_and(met, tf.cast(sizes[name], tf.float32) <= float(limit))
+    return met

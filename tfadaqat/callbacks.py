@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from tfadaqat._compat import keras, tf
 from tfadaqat.cost import cost
-from tfadaqat.quantize import bit_widths
+from tfadaqat.tensors import bit_widths
 
 
 class BitWidthLogger(keras.callbacks.Callback):

@@ -1,8 +1,10 @@
 """Hardware cost of a quantized model: MACs, BitOPs and memory, from static shapes and bits.
 
-For a layer with weights (Conv2D, DepthwiseConv2D, Dense)::
+For a layer with weights (the kinds of :mod:`tfadaqat.layer_kinds` that have weights: Conv2D,
+DepthwiseConv2D, Dense, Conv2DTranspose)::
 
     MACs   = (output positions) x (kernel elements)        # H_out W_out kh kw C_in C_out for a conv
+           = (input positions) x (kernel elements)         # for a transposed convolution
     BitOPs = MACs x b_w x b_a
 
 where ``b_w`` is the bit-width of the layer's kernel and ``b_a`` the bit-width of the tensor
@@ -24,7 +26,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from tfadaqat._compat import functional_nodes_by_depth, keras, tf
-from tfadaqat.quantize import WEIGHT_ATTRIBUTES, quantized_tensors, unwrapped_layer
+from tfadaqat.layer_kinds import kind_of
+from tfadaqat.tensors import quantized_tensors, unwrapped_layer
 
 FLOAT_BITS = 32
 BITS_PER_KB = 8 * 1024
@@ -94,11 +97,6 @@ def _elements(shape) -> int:
     return int(np.prod([int(d) for d in shape[1:]], dtype=np.int64)) if len(shape) > 1 else 1
 
 
-def _positions(shape) -> int:
-    """Output positions a kernel is applied at: product of the non-batch, non-channel dims."""
-    return int(np.prod([int(d) for d in shape[1:-1]], dtype=np.int64)) if len(shape) > 2 else 1
-
-
 TensorKey = Tuple[str, str]
 
 
@@ -136,12 +134,15 @@ def _cost_terms(model) -> List[_LayerTerms]:
             else:
                 carried[layer.name] = output_key
             output = tf.nest.flatten(node.outputs)[0]
-            attributes = WEIGHT_ATTRIBUTES.get(type(inner))
+            kind = kind_of(inner)
+            attributes = kind.weights if kind is not None and kind.weights else None
             macs = kernel_elements = bias_elements = float_params = 0
             kernel_key = None
             if attributes is not None:
-                kernel_elements = int(np.prod(getattr(inner, attributes[0]).shape))
-                macs = _positions(output.shape) * kernel_elements
+                kernel = getattr(inner, attributes[0])
+                kernel_elements = int(np.prod(kernel.shape))
+                entering = tf.nest.flatten(node.keras_inputs)[0]
+                macs = kind.macs(inner, kernel, entering.shape, output.shape)
                 bias = getattr(inner, "bias", None)
                 bias_elements = int(np.prod(bias.shape)) if bias is not None else 0
                 if (inner.name, attributes[0]) in quantized:

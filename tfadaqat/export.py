@@ -29,9 +29,18 @@ learned ``b``-bit grids are mapped onto int8 storage here, and the converter onl
   one MAXIMUM op clamps the bottom at ``-high s``. Either way the tensor takes at most
   ``2^b`` values.
 
-Everything between (convolutions, dense, depthwise, add, pooling, mean, concatenation) runs
-with TFLite's int8 kernels; :func:`export_tflite` checks the file and refuses to write one
-with a float kernel. With ``weight_storage="int4"``, kernels of 4 bits or fewer are then
+* **Fixed grids.** Softmax and sigmoid outputs were trained on step 1/256 (integers 0..255),
+  tanh outputs on 1/128 (-128..127): exactly the quantization TFLite's int8 SOFTMAX, LOGISTIC
+  and TANH kernels produce.
+* **Per-channel affine maps** (a BatchNormalization that follows no convolution, Rescaling,
+  Normalization, :class:`tfadaqat.layers.ChannelAffine`): ``y = m_c x + o_c`` becomes one
+  integer 1x1 depthwise convolution whose weights are ``127 sign(m_c)`` at scale
+  ``|m_c| / 127`` (the float32 multiplier itself) and whose bias is ``o_c``.
+
+Every other layer (convolutions, dense, depthwise, transposed convolutions, add, multiply,
+pooling, mean, concatenation, resizing, GELU) runs with TFLite's int8 kernels, as the layer
+kinds of :mod:`tfadaqat.layer_kinds` list; :func:`export_tflite` checks the file and refuses
+to write one with a float kernel unless ``allow_float_ops=True``. With ``weight_storage="int4"``, kernels of 4 bits or fewer are then
 rewritten as TFLite INT4 tensors (packed two per byte; such kernels keep ``r = 1``).
 Activations above 8 bits (int16) are not supported: they raise (see the README for what was
 tried).
@@ -49,21 +58,24 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from tfadaqat._compat import (functional_nodes_by_depth, keras, tf, tflite_interpreter,
-                              tflite_ops, tflite_schema, tfmot, wrapper_output_quantizer,
+                              tflite_ops, tflite_schema, wrapper_output_quantizer,
                               wrapper_weight_quantizers)
-from tfadaqat.quantize import unwrapped_layer
+from tfadaqat.cost import cost
+from tfadaqat.layer_kinds import INTEGER_OPS, activation_name, kind_of
+from tfadaqat.layers import ChannelAffine
+from tfadaqat.quantize import load_model
+from tfadaqat.tensors import is_quantized_wrapper, unwrapped_layer
 
 _layers = keras.layers
 #: Ops whose inputs must all be integer tensors in an exported file.
-INTEGER_KERNELS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN",
-                   "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "MINIMUM", "MAXIMUM",
-                   "RESHAPE", "PAD", "SUM", "REDUCE_MAX")
+INTEGER_KERNELS = INTEGER_OPS
+_CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")
 _INT8_WEIGHT_LIMIT = 127
 _INT4_LOW, _INT4_HIGH = -8, 7
 WEIGHT_STORAGES = ("int8", "int4")
-_NON_NEGATIVE_WHEN_UNSIGNED = (_layers.AveragePooling2D, _layers.GlobalAveragePooling2D,
-                               _layers.MaxPooling2D, _layers.GlobalMaxPooling2D,
-                               _layers.Concatenate)
+#: Kinds whose unsigned output needs no ReLU before its FakeQuant (it cannot be negative).
+_NON_NEGATIVE_KINDS = ("average_pool", "max_pool", "concatenate", "softmax", "sigmoid",
+                       "multiply", "resize_bilinear", "same_grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +108,8 @@ class ExportReport:
         of the tied classes ``argmax`` returns is arbitrary; ties count once.
       top1_strict_agreement: Fraction where ``argmax`` of the two agrees, ties broken by index.
       max_output_difference: Largest ``|tflite - keras|`` over the outputs, in output steps.
+      within_two_steps: Fraction of output values within 2 output steps of Keras'.
+      float_ops: Ops left in float (only with ``allow_float_ops=True``), by TFLite op name.
     """
 
     path: str
@@ -109,6 +123,8 @@ class ExportReport:
     top1_agreement: Optional[float] = None
     top1_strict_agreement: Optional[float] = None
     max_output_difference: Optional[float] = None
+    within_two_steps: Optional[float] = None
+    float_ops: List[str] = dataclasses.field(default_factory=list)
 
 
 _PACKING_NOTE = ("not packed: int8 storage (weight_storage='int4' packs kernels of <= 4 bits; "
@@ -150,14 +166,14 @@ def _pack_int4(content: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def _quantized_wrapper(layer) -> bool:
-    return isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+_quantized_wrapper = is_quantized_wrapper
 
 
 class _ExportPlan:
     """The model's layers in graph order, with who feeds whom and which BN layers fold."""
 
-    def __init__(self, model, int4: bool = False):
+    def __init__(self, model, int4: bool = False, allow_float_ops: bool = False):
+        self.allow_float_ops = allow_float_ops
         self.nodes = []
         for depth in sorted(functional_nodes_by_depth(model), reverse=True):
             self.nodes.extend(functional_nodes_by_depth(model)[depth])
@@ -172,8 +188,9 @@ class _ExportPlan:
         for node in self.nodes:
             inner = unwrapped_layer(node.layer)
             following = consumers.get(node.layer.name, [])
-            if (isinstance(inner, (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense))
-                    and inner.activation in (None, keras.activations.linear)
+            kind = kind_of(inner)
+            if (kind is not None and kind.folds_batch_norm
+                    and activation_name(inner) in (None, "linear")
                     and wrapper_output_quantizer(node.layer)[0] is None
                     and len(following) == 1
                     and isinstance(unwrapped_layer(following[0]), _layers.BatchNormalization)):
@@ -182,6 +199,13 @@ class _ExportPlan:
         # Read every learned value now, eagerly: the traced function holds constants only.
         self.weights, self.biases, self.output_grids = {}, {}, {}
         self.affines = {name: _batch_norm_affine(bn) for name, bn in self.folded.items()}
+        self.channel_affines = {}  # unwrapped layer name -> (m, o) of the ones not folded
+        for node in self.nodes:
+            inner = unwrapped_layer(node.layer)
+            kind = kind_of(inner)
+            if (kind is not None and kind.name == "channel_affine"
+                    and inner.name not in self.folded_batch_norms):
+                self.channel_affines[inner.name] = channel_affine_parameters(inner)
         for node in self.nodes:
             layer = node.layer
             if not _quantized_wrapper(layer):
@@ -192,8 +216,12 @@ class _ExportPlan:
                                            else 0.0)
             quantizer, variables = wrapper_output_quantizer(layer)
             if quantizer is not None:
-                self.output_grids[layer.name] = (
-                    *quantizer.integer_grid(None, variables), int(quantizer.bit_width(variables)))
+                scale, low, high = quantizer.integer_grid(None, variables)
+                cap = _output_cap(layer.layer)  # see _quantize_output
+                if cap is not None:
+                    high = min(high, int(math.floor(cap / scale + 0.5)))
+                self.output_grids[layer.name] = (scale, low, high,
+                                                 int(quantizer.bit_width(variables)))
 
 
 class _Kernel(NamedTuple):
@@ -272,7 +300,8 @@ def _weight_layer(wrapper, x, plan):
     if wrapper.name in plan.affines:
         multiplier, offset = plan.affines[wrapper.name]
         bias = multiplier * bias + offset
-    if isinstance(inner, _layers.DepthwiseConv2D):
+    kind = kind_of(inner).name
+    if kind == "depthwise_conv":
         height, width, channels, depth = kernel.integers.shape
         if multiplier is not None:  # per output channel c * depth + k: last axis of [.., 1, C*D]
             flat = _fake_quantized_kernel(kernel, multiplier,
@@ -282,14 +311,68 @@ def _weight_layer(wrapper, x, plan):
             weights = _fake_quantized_kernel(kernel, None)
         y = tf.nn.depthwise_conv2d(x, weights, (1,) + tuple(inner.strides) + (1,),
                                    inner.padding.upper(), dilations=inner.dilation_rate)
-    elif isinstance(inner, _layers.Conv2D):
+    elif kind == "conv_transpose":
+        output_shape = tuple(int(d) for d in inner.compute_output_shape(x.shape))
+        y = tf.nn.conv2d_transpose(x, _fake_quantized_kernel(kernel, None), output_shape,
+                                   inner.strides, inner.padding.upper(),
+                                   dilations=inner.dilation_rate)
+    elif kind == "conv":
         y = tf.nn.conv2d(x, _fake_quantized_kernel(kernel, multiplier), inner.strides,
                          inner.padding.upper(), dilations=inner.dilation_rate)
+    elif len(x.shape) > 2 or multiplier is not None:
+        # Dense on a feature map, or with per-channel scales (TFLite's FULLY_CONNECTED takes
+        # no per-channel weights from the converter): a 1x1 convolution.
+        inputs, outputs = kernel.integers.shape
+        shape = x.shape
+        image = tf.reshape(x, [-1, 1, 1, inputs]) if len(shape) == 2 else tf.reshape(
+            x, [-1, 1, int(np.prod(shape[1:-1])), inputs]) if len(shape) != 4 else x
+        y = tf.nn.conv2d(image, _fake_quantized_kernel(kernel, multiplier,
+                                                       (1, 1, inputs, outputs)), 1, "VALID")
+        y = tf.reshape(y, [-1] + [int(d) for d in shape[1:-1]] + [outputs])
     else:
         y = tf.matmul(x, _fake_quantized_kernel(kernel, multiplier))
     if inner.use_bias or multiplier is not None:
         y = y + tf.constant(np.asarray(bias, np.float32))
     return _activation(inner, inner.activation, y, quantized=wrapper.name in plan.output_grids)
+
+
+def _channel_affine(layer, x, plan):
+    """``m_c x + o_c`` as an integer 1x1 depthwise convolution (see the module docstring)."""
+    multiplier, offset = plan.channel_affines[layer.name]
+    shape = x.shape
+    channels = int(shape[-1])
+    multiplier = np.broadcast_to(multiplier, (channels,)).astype(np.float32)
+    offset = np.broadcast_to(offset, (channels,)).astype(np.float32)
+    scale = np.maximum(np.abs(multiplier) / _INT8_WEIGHT_LIMIT, 1e-12).astype(np.float32)
+    integers = np.where(multiplier == 0, 0.0, _INT8_WEIGHT_LIMIT * np.sign(multiplier))
+    weights = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        tf.constant((integers * scale).reshape(1, 1, 1, channels), tf.float32),
+        -127.0 * scale, 127.0 * scale, num_bits=8, narrow_range=True)
+    image = x if len(shape) == 4 else tf.reshape(
+        x, [-1, 1, 1 if len(shape) == 2 else int(np.prod(shape[1:-1])), channels])
+    y = tf.nn.depthwise_conv2d(image, tf.reshape(weights, (1, 1, channels, 1)), (1, 1, 1, 1),
+                               "VALID") + tf.constant(offset)
+    return y if len(shape) == 4 else tf.reshape(y, [-1] + [int(d) for d in shape[1:]])
+
+
+def channel_affine_parameters(layer) -> Tuple[np.ndarray, np.ndarray]:
+    """``(m, o)`` with ``layer(x) = m x + o`` in inference mode, for a channel-affine layer."""
+    if isinstance(layer, _layers.BatchNormalization):
+        return _batch_norm_affine(layer)
+    if isinstance(layer, _layers.Rescaling):
+        return (np.asarray(layer.scale, np.float32), np.asarray(layer.offset, np.float32))
+    if isinstance(layer, _layers.Normalization):
+        mean = np.asarray(layer.mean, np.float32).reshape(-1)
+        deviation = np.sqrt(np.maximum(np.asarray(layer.variance, np.float32).reshape(-1),
+                                       keras.backend.epsilon()))
+        if layer.invert:
+            return deviation, mean
+        return 1.0 / deviation, -mean / deviation
+    return layer.multiplier.numpy(), layer.offset.numpy()
+
+
+_ACTIVATION_OPS = {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid, "tanh": tf.tanh,
+                   "gelu": lambda y: tf.nn.gelu(y, approximate=False)}
 
 
 def _activation(layer, activation, y, quantized: bool = False):
@@ -299,9 +382,13 @@ def _activation(layer, activation, y, quantized: bool = False):
         return tf.nn.relu(y)
     if _is_relu6(activation):
         return tf.nn.relu(y) if quantized else tf.nn.relu6(y)
-    name = getattr(activation, "__name__", activation)
+    name = activation_name(layer)
+    if name in _ACTIVATION_OPS and type(layer) is _layers.Activation:
+        if name == "gelu" and getattr(activation, "__defaults__", None) == (True,):
+            return tf.nn.gelu(y, approximate=True)
+        return _ACTIVATION_OPS[name](y)
     raise ValueError(f"layer {layer.name!r}: activation {name!r} has no integer kernel here; "
-                     "allowed: linear, relu, relu6")
+                     f"allowed: linear, relu, relu6, {', '.join(_ACTIVATION_OPS)}")
 
 
 def _relu_layer(layer, y, quantized: bool):
@@ -333,17 +420,14 @@ def _quantize_output(wrapper, y, plan):
     ``min(high, floor(c / s + 1/2))``. (The converter leaves a convolution in float when a
     separate clip sits between it and its FakeQuant.)
     """
-    scale, low, high, bits = plan.output_grids[wrapper.name]
-    cap = _output_cap(wrapper.layer)
-    if cap is not None:
-        high = min(high, int(math.floor(cap / scale + 0.5)))
+    scale, low, high, bits = plan.output_grids[wrapper.name]  # a cap is applied there
     if (low == 0 and high > 255) or (low < 0 and high > 127):
         raise ValueError(f"layer {wrapper.layer.name!r}: its output has {bits} bits; "
                          "activations above 8 bits (int16) are not supported by this export yet")
     if low == 0:
         # Pooling and concatenation of unsigned tensors are non-negative already; a ReLU there
         # (no kernel to fuse into) would make the converter round once more on the input grid.
-        if not isinstance(wrapper.layer, _NON_NEGATIVE_WHEN_UNSIGNED):
+        if kind_of(wrapper.layer).name not in _NON_NEGATIVE_KINDS:
             y = tf.nn.relu(y)
         # Zero point 127 - high puts int8's top at high * scale: the kernel's own saturation
         # clamps there, and its fused ReLU at 0, with no MINIMUM op.
@@ -357,25 +441,32 @@ def _quantize_output(wrapper, y, plan):
 def _layer_op(layer, inputs, plan) -> tf.Tensor:
     """The float ops of one layer on its input tensors (quantization is added by the caller)."""
     inner = unwrapped_layer(layer)
+    kind = kind_of(inner)
     x = inputs[0] if len(inputs) == 1 else None
-    if layer.name in plan.folded or isinstance(
-            inner, (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense)):
+    name = kind.name if kind is not None else None
+    if layer.name in plan.folded or (kind is not None and kind.weights):
         if not _quantized_wrapper(layer) or not wrapper_weight_quantizers(layer):
-            raise ValueError(f"layer {inner.name!r} ({type(inner).__name__}) is not quantized "
-                             "(skipped or float): it has no integer kernel to export")
+            return _float_layer(inner, inputs, plan, "it is not quantized (skipped or float)")
         return _weight_layer(layer, x, plan)
-    if isinstance(inner, _layers.BatchNormalization):
-        if inner.name in plan.folded_batch_norms:
-            return x
-        raise ValueError(f"layer {inner.name!r} (BatchNormalization) does not follow a "
-                         "convolution or dense layer it could fold into: no integer kernel")
+    if isinstance(inner, _layers.BatchNormalization) and inner.name in plan.folded_batch_norms:
+        return x
     quantized = layer.name in plan.output_grids
+    if name == "channel_affine":
+        return _channel_affine(inner, x, plan)
     if isinstance(inner, _layers.ReLU):
         return _relu_layer(inner, x, quantized)
     if isinstance(inner, _layers.Activation):
+        if kind is None:
+            return _float_layer(inner, inputs, plan, f"activation {activation_name(inner)!r} "
+                                "has no integer kernel here")
         return _activation(inner, inner.activation, x, quantized)
-    if isinstance(inner, _layers.Add):
+    if name == "add":
         return tf.add_n(inputs) if len(inputs) > 2 else inputs[0] + inputs[1]
+    if name == "multiply":
+        y = inputs[0]
+        for other in inputs[1:]:
+            y = y * other
+        return y
     if isinstance(inner, _layers.Concatenate):
         return tf.concat(inputs, axis=inner.axis)
     if isinstance(inner, (_layers.AveragePooling2D, _layers.MaxPooling2D)):
@@ -394,8 +485,36 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
         return tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
     if isinstance(inner, (_layers.Dropout, _layers.SpatialDropout2D, _layers.Identity)):
         return x
-    raise ValueError(f"layer {inner.name!r} ({type(inner).__name__}) has no integer kernel in "
-                     "this export")
+    if isinstance(inner, (_layers.Cropping2D, _layers.UpSampling2D)) or name in (
+            "same_grid", "max_pool", "resize_bilinear"):
+        return inner(x)  # slicing and resizing: the converter makes them integer
+    return _float_layer(inner, inputs, plan, "it has no integer kernel in this export")
+
+
+def _float_layer(layer, inputs, plan, reason: str):
+    """The layer itself, in float, when `plan` allows float ops; else the error naming it."""
+    if not plan.allow_float_ops:
+        raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be exported "
+                         f"with integer kernels: {reason}. Pass allow_float_ops=True for a "
+                         "file that runs it in float (listed in the report's float_ops), or "
+                         "quantize the model without skipping it.")
+    return layer(*inputs) if len(inputs) > 1 else layer(inputs[0])
+
+
+def _pin_kept_grid(layer, y, plan):
+    """Restates the grid a value-moving layer (reshape, padding, nearest resizing, max pooling)
+    keeps, as a FakeQuant of the same range, so that the converter never gives its output
+    another scale (it would propagate a consumer's scale back through these ops and fail
+    their same-scale constraint). The values are on that grid already: nothing changes."""
+    kind = kind_of(unwrapped_layer(layer))
+    if kind is None or kind.output != "keep" or isinstance(layer, _layers.InputLayer):
+        return y
+    grid = _input_grid(plan, layer.name)
+    if grid is None or y.dtype != tf.float32:
+        return y
+    scale, low, high, _ = grid
+    return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
+                                                        high * scale, num_bits=8)
 
 
 def integer_function(model) -> Callable:
@@ -408,7 +527,7 @@ def integer_function(model) -> Callable:
     return _integer_function(model, _plan(model))
 
 
-def _plan(model, weight_storage: str = "int8") -> _ExportPlan:
+def _plan(model, weight_storage: str = "int8", allow_float_ops: bool = False) -> _ExportPlan:
     if not any(_quantized_wrapper(layer) for layer in getattr(model, "layers", [])):
         raise ValueError(f"model {getattr(model, 'name', model)!r} was not quantized with "
                          "tfadaqat.quantize_model: nothing to export with integer kernels")
@@ -418,7 +537,7 @@ def _plan(model, weight_storage: str = "int8") -> _ExportPlan:
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
                          f"{weight_storage!r}")
-    return _ExportPlan(model, int4=weight_storage == "int4")
+    return _ExportPlan(model, int4=weight_storage == "int4", allow_float_ops=allow_float_ops)
 
 
 def _integer_function(model, plan: _ExportPlan) -> Callable:
@@ -436,6 +555,8 @@ def _integer_function(model, plan: _ExportPlan) -> Callable:
                 y = _layer_op(layer, [values[name] for name in plan.inputs[layer.name]], plan)
                 if _quantized_wrapper(layer) and wrapper_output_quantizer(layer)[0] is not None:
                     y = _quantize_output(layer, y, plan)
+                else:
+                    y = _pin_kept_grid(layer, y, plan)
             values[layer.name] = y
         return values[output_name]
 
@@ -456,20 +577,22 @@ def _representative(data) -> Callable:
     return generator
 
 
-_GRID_KEEPING_LAYERS = (_layers.Flatten, _layers.Reshape, _layers.ZeroPadding2D,
-                        _layers.Dropout, _layers.SpatialDropout2D, _layers.Identity,
-                        _layers.MaxPooling2D, _layers.GlobalMaxPooling2D)
-
-
 def _input_scale(plan: _ExportPlan, layer_name: str) -> Optional[float]:
-    """The step of the grid a weight layer's input lies on, or None if it is not quantized."""
+    """The step of the grid a layer's input lies on, or None if it is not quantized."""
+    grid = _input_grid(plan, layer_name)
+    return None if grid is None else grid[0]
+
+
+def _input_grid(plan: _ExportPlan, layer_name: str):
+    """``(scale, low, high, bits)`` of the grid a layer's input lies on, or None."""
     source = plan.inputs[layer_name][0] if len(plan.inputs[layer_name]) == 1 else None
     while source is not None and source not in plan.output_grids:
         layer = next(node.layer for node in plan.nodes if node.layer.name == source)
         inputs = plan.inputs.get(source, [])
-        keeps_grid = isinstance(unwrapped_layer(layer), _GRID_KEEPING_LAYERS)
+        kind = kind_of(unwrapped_layer(layer))
+        keeps_grid = kind is not None and kind.output == "keep"
         source = inputs[0] if keeps_grid and len(inputs) == 1 else None
-    return None if source is None else plan.output_grids[source][0]
+    return None if source is None else plan.output_grids[source]
 
 
 def align_biases(model, weight_storage: str = "int8") -> int:
@@ -514,12 +637,31 @@ def align_biases(model, weight_storage: str = "int8") -> int:
             inner.bias.assign(inner.bias.numpy() + np.broadcast_to(shift, inner.bias.shape)
                               .astype(np.float32))
         aligned += 1
+    for node in plan.nodes:
+        inner = unwrapped_layer(node.layer)
+        if inner.name not in plan.channel_affines:
+            continue
+        input_scale = _input_scale(plan, node.layer.name)
+        variable = (inner.beta if isinstance(inner, _layers.BatchNormalization) and inner.center
+                    else inner.offset if isinstance(inner, ChannelAffine) else None)
+        if input_scale is None or variable is None:
+            continue  # Rescaling and Normalization hold constants: the file rounds them
+        multiplier, offset = plan.channel_affines[inner.name]
+        channels = int(variable.shape[0]) if variable.shape.rank else 1
+        multiplier = np.broadcast_to(multiplier, (channels,)).astype(np.float64)
+        unit = input_scale * np.maximum(np.abs(multiplier).astype(np.float32)
+                                        / _INT8_WEIGHT_LIMIT, 1e-12).astype(np.float32)
+        offset = np.broadcast_to(offset, (channels,)).astype(np.float64)
+        shift = np.round(offset / unit) * unit - offset
+        variable.assign((variable.numpy() + shift.reshape(variable.shape)).astype(np.float32))
+        aligned += 1
     return aligned
 
 
 def export_tflite(model, path: str, *, representative_dataset=None,
                   input_type=tf.float32, output_type=tf.float32,
                   verify_with=None, align: bool = True, weight_storage: str = "int8",
+                  allow_float_ops: bool = False,
                   progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
     """Writes `model` as a TFLite file with int8 kernels at its learned bit-widths.
 
@@ -541,14 +683,19 @@ def export_tflite(model, path: str, *, representative_dataset=None,
         grid at 4 bits) are stored packed, two values per byte, for a smaller file. LiteRT
         runs them; XNNPACK does not accelerate int4 filters (measured 4.2x slower than int8 on
         ResNet20 by ``bench/int4_packing.py``).
+      allow_float_ops: Write a hybrid file when a layer has no integer kernel (or was left
+        in float): it runs in float between DEQUANTIZE and QUANTIZE ops, and the report's
+        ``float_ops`` lists every such op. False (the default) raises instead.
       progress: Called with a message at each stage (the command line prints them).
 
     Returns:
       An :class:`ExportReport`.
 
     Raises:
-      ValueError: For a model not quantized with tfadaqat, a layer without an integer kernel
+      ValueError: For a model not quantized with tfadaqat or whose quantizers were never
+        initialised (no batch seen yet), a layer without an integer kernel
         (named), bad `input_type`/`output_type`, or a converted file with a float kernel.
+        When export fails, no file is written and the model's weights are as they were.
       OSError: If the folder of `path` is missing or not writable (nothing is written).
     """
     for name, value in (("input_type", input_type), ("output_type", output_type)):
@@ -561,11 +708,30 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
                          f"{weight_storage!r}")
+    initialized = getattr(model, "quantizers_initialized", None)
+    if initialized is not None and not initialized():
+        raise ValueError(
+            f"model {model.name!r} has quantizers that were never initialised (their steps and "
+            "clips come from the first batch of fit/evaluate/predict): train it, or call "
+            "model.initialize_quantizers(examples), before exporting")
+    original_weights = model.get_weights() if align else None
+    try:
+        return _export(model, path, folder, say, representative_dataset, input_type,
+                       output_type, verify_with, align, weight_storage, allow_float_ops)
+    except BaseException:
+        if original_weights is not None:  # alignment moved biases: put them back
+            model.set_weights(original_weights)
+        raise
+
+
+def _export(model, path, folder, say, representative_dataset, input_type, output_type,
+            verify_with, align, weight_storage, allow_float_ops) -> ExportReport:
+    _plan(model, weight_storage, allow_float_ops)  # refuses a model it cannot export first
     if align:
         say(f"aligned the biases of {align_biases(model, weight_storage)} layers with the "
             "int32 bias grid")
     say("building the integer graph")
-    plan = _plan(model, weight_storage)
+    plan = _plan(model, weight_storage, allow_float_ops)
     function = _integer_function(model, plan)
     say("converting with the TFLite converter")
     holder = tf.Module()  # the function holds constants only: no model to save
@@ -591,7 +757,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     interpreter = tflite_interpreter(content)
     interpreter.allocate_tensors()
     say("checking that every kernel is integer")
-    ops = _check_integer_kernels(interpreter)
+    ops, float_ops = _check_integer_kernels(interpreter, allow_float_ops)
     say(f"writing {path} ({len(content):,} bytes)")
     handle, temporary = tempfile.mkstemp(suffix=".tflite.partial", dir=folder)
     try:
@@ -603,7 +769,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
             os.remove(temporary)
         raise
     report = ExportReport(path=path, file_bytes=len(content), ops=ops, packing=packing,
-                          layers=_stored_weights(plan, interpreter),
+                          layers=_stored_weights(plan, interpreter), float_ops=float_ops,
                           **_sizes(model))
     if verify_with is not None:
         say("verifying against the Keras model")
@@ -611,19 +777,26 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     return report
 
 
-def _check_integer_kernels(interpreter) -> List[str]:
+def _check_integer_kernels(interpreter, allow_float_ops: bool = False
+                           ) -> Tuple[List[str], List[str]]:
+    """``(op names, float op names)``; raises for a float op unless `allow_float_ops`."""
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    names = []
+    names, float_ops = [], []
     for op_name, inputs in tflite_ops(interpreter):
         names.append(op_name)
-        if op_name not in INTEGER_KERNELS:
+        if op_name in _CONVERSION_OPS or op_name == "DELEGATE":
             continue
         floats = [details[i]["name"] for i in inputs
                   if i >= 0 and details[i]["dtype"] not in (np.int8, np.int32)]
-        if floats:
-            raise ValueError(f"the converted file runs {op_name} on float tensors {floats}: "
-                             "a tensor lacks a learned range (pass representative_dataset)")
-    return names
+        if not floats:
+            continue
+        if not allow_float_ops:
+            raise ValueError(
+                f"the converted file runs {op_name} on float tensors {floats}: a tensor lacks "
+                "a learned range (pass representative_dataset), or the op has no integer "
+                "kernel here (allow_float_ops=True writes a hybrid file)")
+        float_ops.append(op_name)
+    return names, float_ops
 
 
 def _stored_weights(plan: _ExportPlan, interpreter) -> List[LayerExport]:
@@ -637,14 +810,24 @@ def _stored_weights(plan: _ExportPlan, interpreter) -> List[LayerExport]:
             continue
         name = unwrapped_layer(node.layer).name
         matches = [d for d in tensors if d["name"].split("/")[0] == name
-                   and "FakeQuant" in d["name"]]
+                   and "FakeQuant" in d["name"]
+                   and int(np.prod(d["shape"])) == kernel.integers.size
+                   and _has_data(interpreter, d["index"])]
         distinct = len(np.unique(interpreter.get_tensor(matches[0]["index"]))) if matches else -1
         rows.append(LayerExport(name, kernel.bits, kernel.allowed, distinct))
     return rows
 
 
+def _has_data(interpreter, index: int) -> bool:
+    """Whether tensor `index` is a constant of the file (weights), not an activation."""
+    try:
+        interpreter.get_tensor(index)
+    except ValueError:
+        return False
+    return True
+
+
 def _sizes(model) -> Dict[str, float]:
-    from tfadaqat.cost import cost  # cost -> quantize -> model; export is imported after
     model_cost = cost(model)
     # Weight memory counts kernels at their bits and biases (and float layers) at 32.
     return {"float32_bytes": 4 * model_cost.params,
@@ -691,7 +874,9 @@ def _verify(model, interpreter, data, report: ExportReport) -> None:
     report.top1_agreement = float(np.mean(np.any(tops_file & tops_keras, axis=-1)))
     report.top1_strict_agreement = float(np.mean(np.argmax(results, -1)
                                                  == np.argmax(expected, -1)))
-    report.max_output_difference = float(np.max(np.abs(results - expected)) / step)
+    steps = np.abs(results - expected) / step
+    report.max_output_difference = float(np.max(steps))
+    report.within_two_steps = float(np.mean(steps <= 2.0 + 1e-3))
 
 
 def _digits_like(model) -> np.ndarray:
@@ -718,7 +903,6 @@ def main(argv=None) -> int:
     parser.add_argument("--verify-digits", action="store_true",
                         help="compare with Keras on scikit-learn's digits (resized)")
     args = parser.parse_args(argv)
-    from tfadaqat.quantize import load_model  # quantize -> model; export is imported after
     print(f"loading {args.model}", flush=True)
     model = load_model(args.model)
     io_type = tf.int8 if args.int8_io else tf.float32

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from tfadaqat.quantize import bit_widths
+from tfadaqat.tensors import bit_widths
 
 _MAX_LEGEND_ENTRIES = 24  # beyond this a legend hides the curves; the left panel names them
 

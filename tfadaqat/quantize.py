@@ -3,19 +3,23 @@
 :func:`quantize_model` works in three passes:
 
 1. **Flatten.** Sequential and Functional models, nested ones included, are replayed layer by
-   layer into one Functional graph, with an identity "quantization point" after every model
-   input so the first layer sees integer inputs.
-2. **Annotate.** Each layer gets a :class:`tfadaqat.configs.LayerQuantizeConfig`: Conv2D,
-   DepthwiseConv2D and Dense have their kernel quantized; a tensor is quantized where an
-   integer kernel produces it, at the end of the chain the integer model fuses
-   (``conv [-> BatchNormalization] [-> ReLU]``, ``Add [-> ReLU]``), and after Concatenate and
-   average pooling. Shape-only layers (Flatten, Reshape, Dropout, padding, max pooling) keep
-   values on their input's grid and need nothing. Any other layer stays float and is named in
-   one warning.
+   layer into one Functional graph (:func:`tfadaqat.graph.flatten_model`, which also splits
+   constructs without one integer kernel into standard pieces), with an identity
+   "quantization point" after every model input so the first layer sees integer inputs.
+2. **Annotate.** Each layer gets a :class:`tfadaqat.configs.LayerQuantizeConfig` from its
+   :class:`tfadaqat.layer_kinds.LayerKind`: the kind's weights are quantized; a tensor is
+   quantized where an integer kernel produces it, at the end of the chain the integer model
+   fuses (``conv [-> BatchNormalization] [-> ReLU]``, ``Add [-> ReLU]``); softmax, sigmoid
+   and tanh outputs lie on the fixed grids of TFLite's kernels; shape-only layers (Flatten,
+   Reshape, Dropout, padding, cropping, max pooling) keep values on their input's grid and
+   need nothing. A Keras layer without a kind stays float and is named in one warning; a
+   custom layer without a kind is an error that says how to register or skip it.
 3. **Apply.** TFMOT's ``quantize_apply`` wraps the annotated layers in ``QuantizeWrapperV2``
    with a scheme that adds no layout transform of its own.
 
-The tensors a ReLU produces are quantized on an unsigned grid, all others on a signed one.
+Tensors that cannot be negative (ReLU, softmax and sigmoid outputs, and what pooling,
+concatenating, adding or multiplying only such tensors gives) are quantized on an unsigned
+grid, all others on a signed one.
 """
 
 from __future__ import annotations
@@ -26,30 +30,20 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfadaqat import configs as configs_lib
 from tfadaqat import quantizers as quantizers_lib
-from tfadaqat.model import QuantizedModel
 from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, is_keras3_object,
-                              keras, tf, tfmot, wrapper_output_quantizer,
-                              wrapper_weight_quantizers)
+                              keras, tf, tfmot)
+from tfadaqat.adaqat import AdaQATRule
+from tfadaqat.budget import QUANTITIES, Budget
+from tfadaqat.graph import INPUT_POINT_SUFFIX, flatten_model
+from tfadaqat.layer_kinds import (activation_name, is_custom_layer, is_non_negative_activation,
+                                  kind_of)
+from tfadaqat.layers import ChannelAffine, QuantizationPoint
+from tfadaqat.model import QuantizedModel
+from tfadaqat.tensors import (QuantizedTensor, bit_widths, quantized_tensors,  # noqa: F401
+                              set_bit_widths, unwrapped_layer)
 
 _layers = keras.layers
-
-#: Layers whose weights are quantized, with the attributes holding them.
-WEIGHT_ATTRIBUTES = {
-    _layers.Conv2D: ("kernel",),
-    _layers.DepthwiseConv2D: ("depthwise_kernel",),
-    _layers.Dense: ("kernel",),
-}
-#: Layers whose output needs a quantizer (unless fused into the next layer).
-OUTPUT_LAYERS = (_layers.BatchNormalization, _layers.ReLU, _layers.Activation, _layers.Add,
-                 _layers.Concatenate, _layers.AveragePooling2D, _layers.GlobalAveragePooling2D,
-                 _layers.Identity)
-#: Layers that keep their input's grid: nothing to quantize.
-PASS_THROUGH_LAYERS = (_layers.InputLayer, _layers.Flatten, _layers.Reshape, _layers.Dropout,
-                       _layers.SpatialDropout2D, _layers.ZeroPadding2D, _layers.MaxPooling2D,
-                       _layers.GlobalMaxPooling2D)
-_RELU_FAMILY = ("relu", "relu6")
-_NON_NEGATIVE_ACTIVATIONS = _RELU_FAMILY + ("sigmoid", "softmax")
-_INPUT_POINT_SUFFIX = "_quantize_point"
+_RELU_FAMILY = ("relu", "relu6", "relu_capped")
 
 
 def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
@@ -177,7 +171,6 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         resolved = budget.resolve(quantized)
         quantized.set_budget(resolved, _penalty_weights(resolved, cost_weight))
     if method == "adaqat" and learn_bits and adaqat_rule is not None:
-        from tfadaqat.adaqat import AdaQATRule  # adaqat -> quantize
         if adaqat_rule == "default":
             adaqat_rule = AdaQATRule()
         if not isinstance(adaqat_rule, AdaQATRule):
@@ -189,7 +182,6 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
 
 def _check_budget_arguments(method: str, budget, cost_weight, learn_bits: bool,
                             adaqat_rule) -> None:
-    from tfadaqat.budget import QUANTITIES, Budget  # budget -> cost -> this module
     if budget is None:
         return
     if not isinstance(budget, Budget):
@@ -214,7 +206,6 @@ def _check_budget_arguments(method: str, budget, cost_weight, learn_bits: bool,
 
 
 def _penalty_weights(budget, cost_weight) -> Dict[str, float]:
-    from tfadaqat.budget import QUANTITIES  # see _check_budget_arguments
     if isinstance(cost_weight, dict):
         return dict(cost_weight)
     return {name: float(cost_weight) / budget.limit(name) ** 2
@@ -228,8 +219,12 @@ def _rebuild_from_config(model):
     ``quantize_apply``) than when it is built from a config (as in ``load_model``), and the
     optimizer saves its slots in weight order. Returning the model in its loaded form makes a
     saved and reloaded model, optimizer state included, identical to the one trained.
+    Layer classes the model uses that Keras does not know by name (custom layers, which
+    ``load_model`` then needs in ``custom_objects`` too) are passed along.
     """
-    rebuilt = QuantizedModel.from_config(model.get_config())
+    classes = {type(unwrapped_layer(layer)).__name__: type(unwrapped_layer(layer))
+               for layer in model.layers}
+    rebuilt = QuantizedModel.from_config(model.get_config(), custom_objects=classes)
     source_layers = {layer.name: layer for layer in model.layers}
     for layer in rebuilt.layers:
         values = {_short_name(weight): weight for weight in source_layers[layer.name].weights}
@@ -272,82 +267,12 @@ def _all_layers(model) -> Iterator[Any]:
             yield from _all_layers(layer)
 
 
-def flatten_model(model, *, quantize_inputs: bool = False):
-    """Replays `model` into one Functional graph without nested models.
-
-    The layers are the same objects (weights shared with `model`). With `quantize_inputs`, an
-    identity layer named ``<input>_quantize_point`` follows each input.
+def _plan(flat, skip, quantizer) -> Tuple[Dict[str, configs_lib.LayerQuantizeConfig], List[str]]:
+    """Decides the QuantizeConfig of every layer of the flattened model from its kind.
 
     Raises:
-      ValueError: If a nested model is subclassed or a layer is called more than once.
+      ValueError: For a custom layer class that has no kind (named, with what to do).
     """
-    inputs = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
-                          name=tensor.name.split(":")[0]) for tensor in model.inputs]
-    entry = [keras.layers.Identity(name=f"{tensor.name.split(':')[0]}{_INPUT_POINT_SUFFIX}")(t)
-             if quantize_inputs else t for tensor, t in zip(model.inputs, inputs)]
-    outputs = _replay(model, entry)
-    flat = keras.Model(inputs, outputs, name=model.name)
-    called = {}
-    for nodes in functional_nodes_by_depth(flat).values():
-        for node in nodes:
-            if not node.is_input:
-                called[node.layer.name] = called.get(node.layer.name, 0) + 1
-    shared = sorted(name for name, count in called.items() if count > 1)
-    if shared:
-        raise ValueError(f"layer(s) {shared} are called more than once; tfadaqat quantizes "
-                         "each layer for one input tensor, so use one layer per call")
-    return flat
-
-
-def _replay(model, inputs: List[Any]):
-    if not is_graph_network(model):
-        raise ValueError(f"nested model {model.name!r} is subclassed ({type(model).__name__}); "
-                         "quantize_model needs Sequential or Functional models throughout")
-    tensors: Dict[int, Any] = {id(old): new for old, new in zip(model.inputs, inputs)}
-    nodes_by_depth = functional_nodes_by_depth(model)
-    for depth in sorted(nodes_by_depth, reverse=True):
-        for node in nodes_by_depth[depth]:
-            if node.is_input:
-                continue
-            args = tf.nest.map_structure(lambda value: tensors.get(id(value), value),
-                                         node.call_args)
-            kwargs = tf.nest.map_structure(lambda value: tensors.get(id(value), value),
-                                           node.call_kwargs)
-            if isinstance(node.layer, keras.Model):
-                outputs = _replay(node.layer, tf.nest.flatten(args[0]))
-            else:
-                outputs = node.layer(*args, **kwargs)
-            for old, new in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
-                tensors[id(old)] = new
-    result = [tensors[id(tensor)] for tensor in model.outputs]
-    return result[0] if len(result) == 1 else result
-
-
-def _activation_name(layer) -> Optional[str]:
-    """Name of the element-wise activation a layer applies, if any."""
-    if isinstance(layer, _layers.ReLU):
-        if float(layer.negative_slope) != 0.0 or float(layer.threshold) != 0.0:
-            return "leaky_relu"
-        if layer.max_value is None:
-            return "relu"
-        return "relu6" if float(layer.max_value) == 6.0 else "relu_capped"
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return None
-    name = keras.activations.serialize(activation)
-    return name if isinstance(name, str) else getattr(activation, "__name__", "custom")
-
-
-def _is_activation_layer(layer) -> bool:
-    return isinstance(layer, (_layers.ReLU, _layers.Activation))
-
-
-def _weight_attributes(layer) -> Optional[Tuple[str, ...]]:
-    return WEIGHT_ATTRIBUTES.get(type(layer))
-
-
-def _plan(flat, skip, quantizer) -> Tuple[Dict[str, configs_lib.LayerQuantizeConfig], List[str]]:
-    """Decides the QuantizeConfig of every layer of the flattened model."""
     producers: Dict[str, List[Any]] = {}
     consumers: Dict[str, List[Any]] = {layer.name: [] for layer in flat.layers}
     ordered = []
@@ -360,55 +285,58 @@ def _plan(flat, skip, quantizer) -> Tuple[Dict[str, configs_lib.LayerQuantizeCon
             for producer in inbound:
                 consumers[producer.name].append(node.layer)
     output_layers = {tensor._keras_history.layer.name for tensor in flat.outputs}
-
-    def supported(layer) -> bool:
-        if layer.name in skip:
-            return False
-        if _weight_attributes(layer) is not None or isinstance(layer, PASS_THROUGH_LAYERS):
-            return True
-        if isinstance(layer, OUTPUT_LAYERS) and not isinstance(layer, _layers.Activation):
-            return True
-        return _is_activation_layer(layer)
+    kinds = {layer.name: kind_of(layer) for layer in ordered}
 
     def fused_into_consumer(layer) -> bool:
-        users = consumers[layer.name]
-        if layer.name in output_layers or len(users) != 1 or not supported(users[0]):
+        kind, users = kinds[layer.name], consumers[layer.name]
+        if layer.name in output_layers or len(users) != 1:
             return False
         user = users[0]
-        linear = _activation_name(layer) in (None, "linear")
-        if _weight_attributes(layer) is not None and linear and isinstance(
-                user, _layers.BatchNormalization):
+        if user.name in skip or kinds[user.name] is None:
+            return False
+        linear = activation_name(layer) in (None, "linear")
+        if kind.folds_batch_norm and linear and isinstance(user, _layers.BatchNormalization):
             return True
-        fusable_source = (_weight_attributes(layer) is not None and linear) or isinstance(
-            layer, (_layers.BatchNormalization, _layers.Add))
-        return fusable_source and _is_activation_layer(user) and _activation_name(
-            user) in _RELU_FAMILY
+        return (kind.fuses_into_relu and linear and kinds[user.name].name == "relu"
+                and activation_name(user) in _RELU_FAMILY)
 
     non_negative: Dict[str, bool] = {}
     configs: Dict[str, configs_lib.LayerQuantizeConfig] = {}
     unsupported: List[str] = []
     for layer in ordered:
+        kind = kinds[layer.name]
         inbound = producers.get(layer.name, [])
-        activation = _activation_name(layer)
-        if activation is not None and activation != "linear":
-            non_negative[layer.name] = activation in _NON_NEGATIVE_ACTIVATIONS
-        elif isinstance(layer, (PASS_THROUGH_LAYERS, _layers.Add, _layers.Concatenate,
-                                _layers.AveragePooling2D, _layers.GlobalAveragePooling2D)):
+        if kind is None:
+            non_negative[layer.name] = False
+            if layer.name in skip:
+                continue
+            if is_custom_layer(layer):
+                raise ValueError(
+                    f"layer {layer.name!r} is of the custom class {type(layer).__name__} "
+                    f"({type(layer).__module__}), which tfadaqat has no integer kernel for. "
+                    f"Keep it in float with skip=[{layer.name!r}] (export then needs "
+                    "allow_float_ops=True), or, if it only moves values (a reshape or crop), "
+                    f"call tfadaqat.register_layer_kind({type(layer).__name__}, 'same_grid') "
+                    "first.")
+            unsupported.append(f"{layer.name} ({type(layer).__name__})")
+            continue
+        if kind.sign == "non_negative":
+            non_negative[layer.name] = True
+        elif kind.sign == "activation":
+            non_negative[layer.name] = is_non_negative_activation(activation_name(layer))
+        elif kind.sign == "inputs":
             non_negative[layer.name] = bool(inbound) and all(
                 non_negative.get(p.name, False) for p in inbound)
         else:
             non_negative[layer.name] = False
-        if isinstance(layer, _layers.InputLayer) or isinstance(layer, PASS_THROUGH_LAYERS):
+        if kind.output == "keep" or layer.name in skip:
             continue
-        if layer.name in skip:
-            continue
-        if not supported(layer):
-            unsupported.append(f"{layer.name} ({type(layer).__name__})")
-            continue
-        attributes = _weight_attributes(layer) or ()
+        attributes = kind.weights
         weight_quantizer = quantizer("weight", True, layer.name) if attributes else None
         output_quantizer = None
-        if not fused_into_consumer(layer):
+        if kind.output == "fixed":
+            output_quantizer = quantizers_lib.FixedGridQuantizer(*kind.fixed_grid)
+        elif not fused_into_consumer(layer):
             output_quantizer = quantizer("activation", not non_negative[layer.name], layer.name)
         if weight_quantizer is None and output_quantizer is None:
             continue
@@ -454,6 +382,8 @@ def quantize_scope():
     objects = {f"tfadaqat>{name}": cls for name, cls in quantizers_lib.QUANTIZER_CLASSES.items()}
     objects["tfadaqat>LayerQuantizeConfig"] = configs_lib.LayerQuantizeConfig
     objects["tfadaqat>QuantizedModel"] = QuantizedModel
+    objects["tfadaqat>ChannelAffine"] = ChannelAffine
+    objects["tfadaqat>QuantizationPoint"] = QuantizationPoint
     with tfmot.quantization.keras.quantize_scope(objects):
         yield
 
@@ -462,64 +392,3 @@ def load_model(path, **kwargs):
     """Loads a model saved with ``model.save(path)``, quantizer variables included."""
     with quantize_scope():
         return keras.models.load_model(path, **kwargs)
-
-
-def unwrapped_layer(layer):
-    """The layer a TFMOT ``QuantizeWrapper`` wraps, or `layer` itself if it is not wrapped."""
-    return layer.layer if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) else layer
-
-
-def _quantized_layers(model) -> Iterator[Any]:
-    for layer in model.layers:
-        if isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) and isinstance(
-                layer.quantize_config, configs_lib.LayerQuantizeConfig):
-            yield layer
-
-
-def quantized_tensors(model) -> Iterator[Tuple[str, str, quantizers_lib.TensorQuantizer,
-                                               Dict[str, tf.Variable], Any]]:
-    """Yields ``(layer name, tensor role, quantizer, quantizer variables, wrapper)``.
-
-    The role is the weight attribute (``"kernel"``, ``"depthwise_kernel"``) or ``"output"``;
-    the layer name is the original (unwrapped) layer's.
-    """
-    for wrapper in _quantized_layers(model):
-        attributes = wrapper.quantize_config.weight_attributes
-        for attribute, (_, quantizer, variables) in zip(attributes,
-                                                        wrapper_weight_quantizers(wrapper)):
-            yield wrapper.layer.name, attribute, quantizer, variables, wrapper
-        quantizer, variables = wrapper_output_quantizer(wrapper)
-        if quantizer is not None:
-            yield wrapper.layer.name, "output", quantizer, variables, wrapper
-
-
-def bit_widths(model) -> Dict[str, Dict[str, int]]:
-    """Integer bit-width of every quantized tensor: ``{layer: {"kernel": 4, "output": 6}}``.
-
-    Raises:
-      ValueError: If `model` has no tfadaqat-quantized layer.
-    """
-    result: Dict[str, Dict[str, int]] = {}
-    for layer_name, role, quantizer, variables, _ in quantized_tensors(model):
-        result.setdefault(layer_name, {})[role] = int(quantizer.bit_width(variables))
-    if not result:
-        raise ValueError(f"model {model.name!r} has no layer quantized by tfadaqat")
-    return result
-
-
-def set_bit_widths(model, bits: Dict[str, Dict[str, int]]) -> None:
-    """Sets integer bit-widths, keyed like :func:`bit_widths` (a subset is fine).
-
-    Raises:
-      ValueError: For a layer or tensor the model does not quantize, a bit-width outside the
-        quantizer's ``[min_bits, max_bits]``, or a quantizer with fixed bits.
-    """
-    tensors = {(name, role): (quantizer, variables)
-               for name, role, quantizer, variables, _ in quantized_tensors(model)}
-    for layer_name, roles in bits.items():
-        for role, value in roles.items():
-            if (layer_name, role) not in tensors:
-                raise ValueError(f"no quantized tensor {role!r} in layer {layer_name!r}; "
-                                 f"quantized: {sorted(tensors)}")
-            quantizer, variables = tensors[(layer_name, role)]
-            quantizer.set_bit_width(variables, value)

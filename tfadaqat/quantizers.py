@@ -270,8 +270,10 @@ class DoReFaWeightQuantizer(_RelaxedBitsMixin, TensorQuantizer):
       min_bits: Lowest bit-width ``b`` may take.
       max_bits: Highest bit-width ``b`` may take.
       learn_bits: Keep ``N`` in a variable, else `bits` is fixed.
-      grid: "dorefa" (the paper, ``2^b`` values without zero) or "symmetric" (``2^b - 1``
-        values with zero).
+      grid: "symmetric" (``2^b - 1`` values with zero, integers up to ``2^(b-1) - 1``: what
+        int8 storage holds at every bit-width, so the default exports) or "dorefa" (the
+        paper's ``2^b`` odd integers without zero, up to ``2^b - 1``: one more level, but
+        at 8 bits its integers reach 255 and cannot be stored in int8).
       rescale: Multiply the ``[-1, 1]`` DoReFa weights by ``max|w|``.
 
     Example:
@@ -286,7 +288,7 @@ class DoReFaWeightQuantizer(_RelaxedBitsMixin, TensorQuantizer):
     signed = True
 
     def __init__(self, bits: int = 8, min_bits: int = 2, max_bits: int = 8,
-                 learn_bits: bool = True, grid: str = "dorefa", rescale: bool = True):
+                 learn_bits: bool = True, grid: str = "symmetric", rescale: bool = True):
         self._init_bits(bits, min_bits, max_bits, learn_bits)
         if grid not in ("dorefa", "symmetric"):
             raise ValueError(f"grid must be 'dorefa' or 'symmetric', got {grid!r}")
@@ -574,8 +576,65 @@ class DQQuantizer(TensorQuantizer):
                 "max_step": self.max_step}
 
 
+@keras.utils.register_keras_serializable(package=_PACKAGE)
+class FixedGridQuantizer(TensorQuantizer):
+    """A tensor on a fixed grid: the outputs of softmax, sigmoid and tanh.
+
+    TFLite's int8 kernels for these functions require a fixed output quantization (softmax and
+    logistic: step 1/256, integers 0..255 stored with zero point -128; tanh: step 1/128,
+    integers -128..127), so their outputs are trained on exactly that grid, whatever the
+    method. Nothing is learned.
+
+    Forward: ``q = step clip(round(x / step), low, high)`` (TensorFlow's FakeQuant, exact for
+    these grids because ``low step`` is 0 or the range is symmetric about a whole zero point).
+    Gradient: straight through inside ``[low step, high step]``, zero outside.
+
+    Args:
+      step: The grid's step.
+      low: Smallest integer.
+      high: Largest integer; ``high - low`` must be below 256 (8 bits).
+
+    Example:
+      >>> FixedGridQuantizer(1 / 256, 0, 255).integer_grid(None, {})
+      (0.00390625, 0, 255)
+    """
+
+    def __init__(self, step: float = 1.0 / 256, low: int = 0, high: int = 255):
+        step = float(step)
+        if not step > 0:
+            raise ValueError(f"step must be positive, got {step}")
+        for name, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not 0 < high - low <= 255:
+            raise ValueError(f"high - low must lie in 1..255 (8 bits), got {low}..{high}")
+        self.step, self.low, self.high = step, low, high
+        self.signed = low < 0
+
+    def _variable_specs(self):
+        return {}
+
+    def _quantize(self, tensor, variables):
+        return tf.quantization.fake_quant_with_min_max_args(
+            tensor, min=self.low * self.step, max=self.high * self.step, num_bits=8)
+
+    def bit_width(self, variables):
+        return tf.constant(8, tf.int32)
+
+    @property
+    def lowest_bits(self) -> int:
+        return 8
+
+    def integer_grid(self, tensor, variables):
+        return self.step, self.low, self.high
+
+    def get_config(self):
+        return {"step": self.step, "low": self.low, "high": self.high}
+
+
 QUANTIZER_CLASSES = {cls.__name__: cls for cls in
-                     (DoReFaWeightQuantizer, PACTActivationQuantizer, LSQQuantizer, DQQuantizer)}
+                     (DoReFaWeightQuantizer, PACTActivationQuantizer, LSQQuantizer, DQQuantizer,
+                      FixedGridQuantizer)}
 
 
 def serialize(quantizer: Optional[TensorQuantizer]):

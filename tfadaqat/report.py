@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from tfadaqat.budget import QUANTITIES, cost_totals
 from tfadaqat.cost import FLOAT_BITS, cost, uniform_bits
 
 _COLUMNS = (("layer", "layer", "<"), ("weight_bits", "w bits", ">"),
@@ -66,7 +67,6 @@ def budget_status(model, current=None) -> Dict[str, Dict[str, Any]]:
 
     Costs are computed with the budget's own activation reduction.
     """
-    from tfadaqat.budget import QUANTITIES, cost_totals  # budget -> cost; report comes after
     budget = model.budget
     if current is None or current.activation_reduce != budget.activation_reduce:
         current = cost(model, activation_reduce=budget.activation_reduce)

@@ -374,7 +374,7 @@ def extract(supernet: Supernet, config: SubnetConfig):
     weights, recalibrated BatchNorm statistics and the shared steps; its outputs equal
     ``supernet(x, config=config)`` in inference mode, and :func:`tfadaqat.summary` and
     :func:`tfadaqat.export_tflite` accept it."""
-    from tfadaqat.quantize import quantized_tensors, unwrapped_layer
+    from tfadaqat.tensors import quantized_tensors, unwrapped_layer
 
     float_model = build_subnet(config, supernet.spec, supernet.space,
                                name=f"oqat_{supernet.bits}bit_subnet")

@@ -1,0 +1,264 @@
+"""The models users bring: every keras.applications family and microcontroller-scale models,
+quantized with each method, trained briefly, exported to integer TFLite and verified.
+
+For the smallest member of each of the 16 keras.applications families (weights=None, a small
+input, their default heads) and four small models of tfadaqat's own (``models.micro``: a
+softmax image classifier, a depthwise-separable keyword spotter, a Dense+BatchNormalization
+anomaly autoencoder, a Conv2DTranspose+Concatenate segmentation net), each model goes:
+
+* through TFMOT's default 8-bit QAT (``tfmot.quantization.keras.quantize_model``) and the
+  TFLite converter: the reference row (does it export to a full-integer file, its size);
+* through ``tfadaqat.quantize_model`` with each method (adaqat, dq, lsq, at their default
+  bits), ``fit`` on 64 random examples (two steps of 32), and ``tfadaqat.export_tflite``
+  verified in LiteRT on those 64 inputs.
+
+Per model and method it prints the quantized tensors, the ops left in float, whether the
+export succeeded, the top-1 agreement with Keras (tie-aware and strict), the largest output
+difference and the share of outputs within 2 output steps, and the file size against TFMOT's.
+Targets (non-zero exit on a miss):
+
+* every model exports for every method with no float op (integer conv/depthwise/FC/
+  elementwise kernels throughout);
+* top-1 agreement (tie-aware) >= 99% on the 64 inputs for classifiers; for the autoencoder
+  and the segmentation net, >= 99% of output values within 2 output steps;
+* file size <= 1.05x TFMOT's int8 file where TFMOT exports the model.
+
+Each model runs in its own subprocess (TensorFlow's graph state grows with every model), so
+one crash is one failed row. Run from the repository root:
+
+    python -m bench.model_zoo [--models VGG16,keyword_spotter] [--out runs/bench_model_zoo]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", [], "Models to run (default: all).")
+flags.DEFINE_list("methods", ["adaqat", "dq", "lsq"], "tfadaqat methods to run.")
+flags.DEFINE_string("out", "runs/bench_model_zoo", "Folder for files and the JSON table.")
+flags.DEFINE_string("one", None, "Internal: run one model in this process, print JSON.")
+
+EXAMPLES = 64
+AGREEMENT = 0.99
+SIZE_RATIO = 1.05
+
+# name -> (builder source, input shape, inputs in [0, 255] (the model rescales) or [0, 1],
+#          output kind)
+APPLICATIONS = {
+    "ConvNeXtTiny": ("applications.ConvNeXtTiny", (32, 32, 3), True),
+    "DenseNet121": ("applications.DenseNet121", (32, 32, 3), False),
+    "EfficientNetB0": ("applications.EfficientNetB0", (32, 32, 3), True),
+    "EfficientNetV2B0": ("applications.EfficientNetV2B0", (32, 32, 3), True),
+    "InceptionResNetV2": ("applications.InceptionResNetV2", (75, 75, 3), False),
+    "InceptionV3": ("applications.InceptionV3", (75, 75, 3), False),
+    "MobileNet": ("applications.MobileNet", (32, 32, 3), False),
+    "MobileNetV2": ("applications.MobileNetV2", (32, 32, 3), False),
+    "MobileNetV3Small": ("applications.MobileNetV3Small", (32, 32, 3), True),
+    "NASNetMobile": ("applications.NASNetMobile", (32, 32, 3), False),
+    "RegNetX002": ("applications.RegNetX002", (32, 32, 3), True),
+    "RegNetY002": ("applications.RegNetY002", (32, 32, 3), True),
+    "ResNet50": ("applications.ResNet50", (32, 32, 3), False),
+    "ResNet50V2": ("applications.ResNet50V2", (32, 32, 3), False),
+    "ResNetRS50": ("applications.ResNetRS50", (32, 32, 3), True),
+    "VGG16": ("applications.VGG16", (32, 32, 3), False),
+    "Xception": ("applications.Xception", (71, 71, 3), False),
+}
+# The smallest member's width where the family has one.
+_APPLICATION_OPTIONS = {"MobileNet": {"alpha": 0.25}, "MobileNetV2": {"alpha": 0.35},
+                        "MobileNetV3Small": {"alpha": 0.75}}
+MICRO = ("micro_image_classifier", "keyword_spotter", "anomaly_autoencoder",
+         "segmentation_net")
+REGRESSION = ("anomaly_autoencoder", "segmentation_net")
+ALL_MODELS = tuple(APPLICATIONS) + MICRO
+
+
+def build(name: str):
+    """The float model `name` (a fresh one per call, seeded)."""
+    from tfadaqat._compat import keras
+    import models.micro as micro
+    keras.utils.set_random_seed(0)
+    if name in MICRO:
+        return micro.MICRO_MODELS[name]()
+    _, shape, _ = APPLICATIONS[name]
+    builder = getattr(keras.applications, name)
+    return builder(weights=None, input_shape=shape, classes=10,
+                   **_APPLICATION_OPTIONS.get(name, {}))
+
+
+def data(name: str, model):
+    """64 seeded random inputs (pixel range of the model) and targets fitting its output."""
+    rng = np.random.default_rng(0)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    high = 255.0 if name in APPLICATIONS and APPLICATIONS[name][2] else 1.0
+    x = rng.uniform(0.0, high, size=(EXAMPLES,) + shape).astype(np.float32)
+    output = tuple(int(d) for d in model.outputs[0].shape[1:])
+    if name == "anomaly_autoencoder":
+        return x, x, "mse"
+    y = rng.integers(0, output[-1], size=(EXAMPLES,) + output[:-1])
+    return x, y, "sparse_categorical_crossentropy"
+
+
+def _tfmot_row(name: str, out: str):
+    from tfadaqat._compat import keras, tf, tfmot
+    from tfadaqat import export as export_lib
+    row = {"method": "tfmot", "ok": False}
+    start = time.time()
+    try:
+        model = build(name)
+        x, y, loss = data(name, model)
+        with tfmot.quantization.keras.quantize_scope():
+            qmodel = tfmot.quantization.keras.quantize_model(model)
+        qmodel.compile(keras.optimizers.Adam(1e-3), loss)
+        qmodel.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        content = converter.convert()
+        interpreter = export_lib.tflite_interpreter(content)
+        interpreter.allocate_tensors()
+        _, float_ops = export_lib._check_integer_kernels(interpreter, allow_float_ops=True)
+        row.update(ok=not float_ops, file_bytes=len(content), float_ops=sorted(set(float_ops)))
+    except Exception as error:  # noqa: BLE001 - a failed row is a result here
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    row["seconds"] = round(time.time() - start, 1)
+    return row
+
+
+def _tfadaqat_row(name: str, method: str, out: str):
+    import tfadaqat
+    from tfadaqat._compat import keras
+    row = {"method": method, "ok": False}
+    start = time.time()
+    try:
+        keras.backend.clear_session()
+        model = build(name)
+        x, y, loss = data(name, model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qmodel = tfadaqat.quantize_model(model, method)
+            qmodel.compile(keras.optimizers.Adam(1e-3), loss)
+            qmodel.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        row["quantized_tensors"] = sum(1 for _ in tfadaqat.quantized_tensors(qmodel))
+        report = tfadaqat.export_tflite(qmodel, os.path.join(out, f"{name}_{method}.tflite"),
+                                        verify_with=x, allow_float_ops=True)
+        row.update(ok=not report.float_ops, file_bytes=report.file_bytes,
+                   float_ops=sorted(set(report.float_ops)),
+                   top1=report.top1_agreement, top1_strict=report.top1_strict_agreement,
+                   max_steps=report.max_output_difference,
+                   within_two_steps=report.within_two_steps)
+    except Exception as error:  # noqa: BLE001
+        row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    row["seconds"] = round(time.time() - start, 1)
+    return row
+
+
+def run_one(name: str, methods, out: str) -> dict:
+    rows = [_tfmot_row(name, out)] + [_tfadaqat_row(name, method, out) for method in methods]
+    return {"model": name, "rows": rows}
+
+
+def _check(result: dict):
+    """``(description, passed)`` targets of one model."""
+    name = result["model"]
+    rows = {row["method"]: row for row in result["rows"]}
+    tfmot_row = rows.pop("tfmot")
+    checks = []
+    for method, row in rows.items():
+        label = f"{name} {method}"
+        checks.append((f"{label}: exports with integer kernels only"
+                       + (f" ({row.get('error') or row.get('float_ops')})" if not row["ok"]
+                          else ""), row["ok"]))
+        if not row["ok"]:
+            continue
+        if name in REGRESSION:
+            checks.append((f"{label}: {row['within_two_steps']:.4f} of outputs within 2 steps "
+                           f">= {AGREEMENT}", row["within_two_steps"] >= AGREEMENT))
+        else:
+            checks.append((f"{label}: top-1 agreement {row['top1']:.4f} >= {AGREEMENT}",
+                           row["top1"] >= AGREEMENT))
+        if tfmot_row["ok"]:
+            ratio = row["file_bytes"] / tfmot_row["file_bytes"]
+            checks.append((f"{label}: size {ratio:.3f}x TFMOT <= {SIZE_RATIO}",
+                           ratio <= SIZE_RATIO))
+    return checks
+
+
+def _print_table(results) -> None:
+    print(f"{'model':<24} {'method':<7} {'ok':<4} {'tensors':>7} {'float ops':<16} "
+          f"{'top-1':>6} {'strict':>6} {'max st':>6} {'<=2 st':>7} {'bytes':>11} "
+          f"{'x tfmot':>7} {'s':>5}")
+    print("-" * 118)
+    for result in results:
+        rows = result["rows"]
+        tfmot_bytes = rows[0].get("file_bytes") if rows[0]["ok"] else None
+        for row in rows:
+            def number(key, text="{:.3f}"):
+                value = row.get(key)
+                return text.format(value) if value is not None else "-"
+            ratio = (f"{row['file_bytes'] / tfmot_bytes:.3f}"
+                     if tfmot_bytes and row.get("file_bytes") else "-")
+            floats = ",".join(row.get("float_ops", [])) or ("-" if row["ok"] else "error")
+            print(f"{result['model']:<24} {row['method']:<7} {'yes' if row['ok'] else 'NO':<4} "
+                  f"{row.get('quantized_tensors', '-'):>7} {floats[:16]:<16} "
+                  f"{number('top1'):>6} {number('top1_strict'):>6} "
+                  f"{number('max_steps', '{:.1f}'):>6} {number('within_two_steps', '{:.4f}'):>7} "
+                  f"{number('file_bytes', '{:,}'):>11} {ratio:>7} {row['seconds']:>5.0f}")
+            if row.get("error"):
+                print(f"{'':<24} {'':<7} error: {row['error']}")
+
+
+def main(argv) -> int:
+    del argv
+    os.makedirs(FLAGS.out, exist_ok=True)
+    if FLAGS.one:
+        print("RESULT " + json.dumps(run_one(FLAGS.one, FLAGS.methods, FLAGS.out)), flush=True)
+        return 0
+    names = FLAGS.models or list(ALL_MODELS)
+    unknown = sorted(set(names) - set(ALL_MODELS))
+    if unknown:
+        raise app.UsageError(f"--models: unknown {unknown}; known: {list(ALL_MODELS)}")
+    results = []
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for index, name in enumerate(names, start=1):
+        print(f"[{index}/{len(names)}] {name}", flush=True)
+        process = subprocess.run(
+            [sys.executable, "-m", "bench.model_zoo", f"--one={name}",
+             f"--methods={','.join(FLAGS.methods)}", f"--out={FLAGS.out}"],
+            capture_output=True, text=True, env=environment)
+        lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            tail = (process.stderr or process.stdout).strip().splitlines()[-3:]
+            results.append({"model": name, "rows": [
+                {"method": method, "ok": False, "seconds": 0.0,
+                 "error": f"subprocess exited {process.returncode}: {' | '.join(tail)}"}
+                for method in ["tfmot"] + list(FLAGS.methods)]})
+            continue
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+        for row in results[-1]["rows"]:
+            status = "ok" if row["ok"] else f"FAILED ({row.get('error') or row.get('float_ops')})"
+            print(f"    {row['method']}: {status} in {row['seconds']:.0f} s", flush=True)
+    print()
+    _print_table(results)
+    with open(os.path.join(FLAGS.out, "model_zoo.json"), "w") as stream:
+        json.dump(results, stream, indent=1)
+    tfmot_exports = sum(1 for result in results if result["rows"][0]["ok"])
+    print(f"\nTFMOT default QAT exports {tfmot_exports} of {len(results)} models to "
+          "full-integer files")
+    failed = 0
+    for description, passed in (check for result in results for check in _check(result)):
+        print(f"[{'PASS' if passed else 'FAIL'}] {description}")
+        failed += not passed
+    print(f"targets: {sum(len(_check(r)) for r in results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,213 @@
+"""Every layer kind: quantized, trained one step, exported to integer TFLite, and the file
+agrees with the Keras model (tfadaqat.layer_kinds read by quantize, cost and export)."""
+
+import numpy as np
+import pytest
+
+import tfadaqat
+from tfadaqat import export
+from tfadaqat._compat import keras, tf
+
+layers = keras.layers
+
+
+def _conv_block(x, filters=4, name="conv"):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def softmax_head():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.GlobalAveragePooling2D()(_conv_block(inputs))
+    return keras.Model(inputs, layers.Dense(5, activation="softmax", name="head")(x))
+
+
+def sigmoid_and_tanh():
+    inputs = keras.Input((8, 8, 3))
+    x = _conv_block(inputs)
+    a = layers.Conv2D(4, 1, activation="sigmoid", name="gate")(x)
+    b = layers.Activation("tanh", name="squash")(layers.Conv2D(4, 1, name="value")(x))
+    x = layers.GlobalAveragePooling2D()(layers.Multiply(name="gated")([a, b]))
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def squeeze_excite_swish():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="swish", name="stem")(inputs)
+    s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = layers.Conv2D(2, 1, activation="relu", name="reduce")(s)
+    s = layers.Conv2D(8, 1, activation="sigmoid", name="expand")(s)
+    x = layers.Multiply(name="excite")([x, s])
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def hard_swish_operators():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    gate = layers.ReLU(6.0, name="gate_relu6")(x + 3.0) * (1.0 / 6.0)
+    x = layers.Multiply(name="hard_swish")([x, gate])
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def rescaling_and_normalization():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.05, 0.06, 0.07],
+                             name="normalize")(x)
+    x = layers.GlobalAveragePooling2D()(_conv_block(x))
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def preactivation_batch_norm():
+    """BatchNormalization after an Add and after a Concatenate (ResNetV2, DenseNet)."""
+    inputs = keras.Input((8, 8, 3))
+    x = _conv_block(inputs, name="a")
+    y = layers.Conv2D(4, 3, padding="same", name="b")(x)
+    x = layers.Add(name="add")([x, y])
+    x = layers.ReLU(name="pre_relu")(layers.BatchNormalization(name="pre_bn")(x))
+    x = layers.Concatenate(name="cat")([x, layers.Conv2D(4, 1, name="c")(x)])
+    x = layers.BatchNormalization(name="cat_bn")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def separable():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.SeparableConv2D(8, 3, padding="same", use_bias=False, name="sep")(inputs)
+    x = layers.ReLU(name="sep_relu")(layers.BatchNormalization(name="sep_bn")(x))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def dense_batch_norm():
+    inputs = keras.Input((12,))
+    x = layers.Dense(8, name="dense")(inputs)
+    x = layers.ReLU(name="relu")(layers.BatchNormalization(name="bn")(x))
+    return keras.Model(inputs, layers.Dense(12, name="reconstruction")(x))
+
+
+def transpose_and_resizing():
+    inputs = keras.Input((8, 8, 3))
+    x = _conv_block(inputs)
+    x = layers.MaxPooling2D()(x)
+    up = layers.Conv2DTranspose(4, 2, strides=2, name="up")(x)
+    nearest = layers.UpSampling2D(interpolation="nearest", name="nearest")(x)
+    bilinear = layers.UpSampling2D(interpolation="bilinear", name="bilinear")(x)
+    x = layers.Concatenate(name="cat")([up, nearest, bilinear])
+    x = layers.Cropping2D(1, name="crop")(layers.ZeroPadding2D(1, name="pad")(x))
+    return keras.Model(inputs, layers.Conv2D(3, 1, name="classes")(x))
+
+
+def gelu_on_feature_map_dense():
+    inputs = keras.Input((4, 4, 6))
+    x = layers.Dense(8, name="expand")(inputs)           # a Dense on a feature map
+    x = layers.Activation("gelu", name="gelu")(x)
+    x = layers.Dense(6, name="project")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+MODELS = {model.__name__: model for model in (
+    softmax_head, sigmoid_and_tanh, squeeze_excite_swish, hard_swish_operators,
+    rescaling_and_normalization, preactivation_batch_norm, separable, dense_batch_norm,
+    transpose_and_resizing, gelu_on_feature_map_dense)}
+REGRESSION = ("dense_batch_norm", "transpose_and_resizing")
+CLASSIFIERS = tuple(name for name in MODELS if name not in REGRESSION)
+EXPECTED_OPS = {
+    "softmax_head": {"SOFTMAX"}, "sigmoid_and_tanh": {"LOGISTIC", "TANH", "MUL"},
+    "squeeze_excite_swish": {"LOGISTIC", "MUL"}, "hard_swish_operators": {"MUL"},
+    "rescaling_and_normalization": {"DEPTHWISE_CONV_2D"},
+    "preactivation_batch_norm": {"DEPTHWISE_CONV_2D", "CONCATENATION"},
+    "separable": {"DEPTHWISE_CONV_2D", "CONV_2D"}, "dense_batch_norm": {"CONV_2D"},
+    "transpose_and_resizing": {"TRANSPOSE_CONV", "RESIZE_NEAREST_NEIGHBOR",
+                               "RESIZE_BILINEAR", "STRIDED_SLICE"},
+    "gelu_on_feature_map_dense": {"GELU"},
+}
+
+
+def _inputs(model, count=32):
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    high = 255.0 if "rescal" in model.layers[1].name else 1.0
+    return np.random.default_rng(1).uniform(0.0, high, (count,) + shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("builder", list(MODELS), ids=str)
+@pytest.mark.parametrize("method", ["lsq", "adaqat"])
+def test_layer_kind_exports_and_agrees(builder, method, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = MODELS[builder]()
+    x = _inputs(model)
+    qmodel = tfadaqat.quantize_model(model, method, weight_bits=6, activation_bits=6,
+                                     min_bits=2, max_bits=8, adaqat_rule=None)
+    float_model = tfadaqat.flatten_model(model)
+    target = float_model.predict(x, verbose=0)
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(x, target, batch_size=16, epochs=1, verbose=0)
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
+    assert not report.float_ops
+    assert EXPECTED_OPS[builder] <= set(report.ops), report.ops
+    if builder in CLASSIFIERS:
+        assert report.top1_agreement >= 0.95, report
+    else:  # regression / per-pixel outputs
+        assert report.within_two_steps >= 0.99, report
+
+
+def test_softmax_output_lies_on_tflite_grid():
+    qmodel = tfadaqat.quantize_model(softmax_head(), "dq")
+    roles = tfadaqat.bit_widths(qmodel)["head_softmax"]
+    quantizer = next(t.quantizer for t in tfadaqat.quantized_tensors(qmodel)
+                     if t.layer == "head_softmax")
+    assert roles == {"output": 8}
+    assert quantizer.integer_grid(None, {}) == (1.0 / 256, 0, 255)
+    assert tfadaqat.bit_widths(qmodel)["head"] == {"kernel": 8, "output": 8}  # logits quantized
+
+
+def test_kinds_table_drives_cost():
+    """A transposed convolution's MACs are input positions x kernel elements."""
+    inputs = keras.Input((4, 4, 3))
+    outputs = layers.Conv2DTranspose(5, 3, strides=2, padding="same", name="up")(inputs)
+    qmodel = tfadaqat.quantize_model(keras.Model(inputs, outputs), "lsq", weight_bits=4,
+                                     activation_bits=4)
+    row = next(layer for layer in tfadaqat.cost(qmodel).layers if layer.name == "up")
+    assert row.macs == 4 * 4 * (3 * 3 * 5 * 3)
+    assert row.bitops == row.macs * 4 * 4
+
+
+class Scale(layers.Layer):
+    def call(self, inputs):
+        return inputs * 2.0
+
+
+class Crop(layers.Layer):
+    def call(self, inputs):
+        return inputs[:, 1:5, 1:5, :]
+
+
+def test_unregistered_custom_layer_is_refused_with_what_to_do():
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(3, 3, name="conv")(inputs)
+    model = keras.Model(inputs, Scale(name="my_scale")(x))
+    with pytest.raises(ValueError, match="'my_scale' is of the custom class Scale.*"
+                                         "skip=\\['my_scale'\\].*register_layer_kind"):
+        tfadaqat.quantize_model(model, "lsq")
+
+
+def test_registered_custom_layer_keeps_its_input_grid_and_exports(tmp_path):
+    tfadaqat.register_layer_kind(Crop, "same_grid")
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
+    x = Crop(name="my_crop")(x)
+    model = keras.Model(inputs, layers.Conv2D(2, 1, name="out")(x))
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    assert "my_crop" not in tfadaqat.bit_widths(qmodel)
+    x = _inputs(model, 8)
+    with pytest.raises(ValueError, match="never initialised.*initialize_quantizers"):
+        export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
+    qmodel.initialize_quantizers(x)
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
+    assert not report.float_ops and report.within_two_steps == 1.0
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tfadaqat.register_layer_kind(Scale, "conv")
