@@ -110,13 +110,24 @@ def gelu_on_feature_map_dense():
     return keras.Model(inputs, layers.Dense(5, name="logits")(x))
 
 
+def conv1d_sequence():
+    inputs = keras.Input((16, 4))
+    x = layers.Conv1D(6, 3, padding="same", use_bias=False, name="conv1d")(inputs)
+    x = layers.ReLU(name="relu")(layers.BatchNormalization(name="bn")(x))
+    x = layers.Conv1D(6, 3, strides=2, activation="relu", name="strided")(x)
+    x = layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
 MODELS = {model.__name__: model for model in (
+    conv1d_sequence,
     softmax_head, sigmoid_and_tanh, squeeze_excite_swish, hard_swish_operators,
     rescaling_and_normalization, preactivation_batch_norm, separable, dense_batch_norm,
     transpose_and_resizing, gelu_on_feature_map_dense)}
 REGRESSION = ("dense_batch_norm", "transpose_and_resizing")
 CLASSIFIERS = tuple(name for name in MODELS if name not in REGRESSION)
 EXPECTED_OPS = {
+    "conv1d_sequence": {"CONV_2D"},
     "softmax_head": {"SOFTMAX"}, "sigmoid_and_tanh": {"LOGISTIC", "TANH", "MUL"},
     "squeeze_excite_swish": {"LOGISTIC", "MUL"}, "hard_swish_operators": {"MUL"},
     "rescaling_and_normalization": {"DEPTHWISE_CONV_2D"},

@@ -319,6 +319,17 @@ def _weight_layer(wrapper, x, plan):
     elif kind == "conv":
         y = tf.nn.conv2d(x, _fake_quantized_kernel(kernel, multiplier), inner.strides,
                          inner.padding.upper(), dilations=inner.dilation_rate)
+    elif kind == "conv1d":  # as a 2-D convolution over a height of 1
+        if inner.padding == "causal":
+            raise ValueError(f"layer {inner.name!r}: Conv1D with causal padding has no integer "
+                             "kernel here; use padding='valid' or 'same'")
+        width, inputs, outputs = kernel.integers.shape
+        image = tf.expand_dims(x, 1)
+        y = tf.nn.conv2d(image, _fake_quantized_kernel(kernel, multiplier,
+                                                       (1, width, inputs, outputs)),
+                         (1, inner.strides[0]), inner.padding.upper(),
+                         dilations=(1, inner.dilation_rate[0]))
+        y = tf.squeeze(y, 1)
     elif len(x.shape) > 2 or multiplier is not None:
         # Dense on a feature map, or with per-channel scales (TFLite's FULLY_CONNECTED takes
         # no per-channel weights from the converter): a 1x1 convolution.
@@ -472,10 +483,13 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
     if isinstance(inner, (_layers.AveragePooling2D, _layers.MaxPooling2D)):
         pool = tf.nn.avg_pool2d if isinstance(inner, _layers.AveragePooling2D) else tf.nn.max_pool2d
         return pool(x, inner.pool_size, inner.strides, inner.padding.upper())
-    if isinstance(inner, (_layers.GlobalAveragePooling2D, _layers.GlobalMaxPooling2D)):
-        reduce = (tf.reduce_mean if isinstance(inner, _layers.GlobalAveragePooling2D)
+    if isinstance(inner, (_layers.GlobalAveragePooling2D, _layers.GlobalMaxPooling2D,
+                          _layers.GlobalAveragePooling1D, _layers.GlobalMaxPooling1D)):
+        reduce = (tf.reduce_mean if isinstance(inner, (_layers.GlobalAveragePooling2D,
+                                                       _layers.GlobalAveragePooling1D))
                   else tf.reduce_max)
-        return reduce(x, axis=[1, 2], keepdims=bool(inner.keepdims))
+        axes = [1, 2] if len(x.shape) == 4 else [1]
+        return reduce(x, axis=axes, keepdims=bool(inner.keepdims))
     if isinstance(inner, _layers.Flatten):
         return tf.reshape(x, [tf.shape(x)[0], -1])
     if isinstance(inner, _layers.Reshape):

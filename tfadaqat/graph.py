@@ -33,7 +33,7 @@ from tfadaqat.layers import ChannelAffine, QuantizationPoint
 
 _layers = keras.layers
 INPUT_POINT_SUFFIX = "_quantize_point"
-_WEIGHT_LAYERS = (_layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense,
+_WEIGHT_LAYERS = (_layers.Conv1D, _layers.Conv2D, _layers.DepthwiseConv2D, _layers.Dense,
                   _layers.SeparableConv2D, _layers.Conv2DTranspose)
 _ADD_SYMBOLS = ("__operators__.add", "math.add")
 _MULTIPLY_SYMBOLS = ("math.multiply", "__operators__.mul")

@@ -1,0 +1,34 @@
+"""A CI-sized part of bench/model_zoo: models nobody here wrote, and the microcontroller-style
+models, through quantize -> fit -> export -> LiteRT, with the bench's own row functions."""
+
+import pytest
+
+from bench import model_zoo
+
+
+@pytest.mark.parametrize("name, method", [
+    ("MobileNetV3Small", "lsq"),          # Rescaling, hard-swish as TF ops, SE Multiply, softmax
+    ("micro_image_classifier", "adaqat"),  # softmax head at the default 8 bits
+    ("keyword_spotter", "dq"),            # depthwise-separable blocks on a spectrogram
+    ("anomaly_autoencoder", "lsq"),       # Dense -> BatchNormalization, regression output
+    ("segmentation_net", "adaqat"),       # Conv2DTranspose, Concatenate skips, per-pixel softmax
+])
+def test_model_exports_with_integer_kernels_and_agrees(name, method, tmp_path):
+    row = model_zoo._tfadaqat_row(name, method, str(tmp_path))
+    assert row["ok"], row
+    assert row["quantized_tensors"] > 5
+    if name in model_zoo.REGRESSION:
+        assert row["within_two_steps"] >= 0.98, row
+    else:
+        assert row["top1"] >= 0.98, row
+
+
+def test_targets_are_checked_against_tfmot():
+    """The bench's checks fail a slow, large or disagreeing row."""
+    result = {"model": "keyword_spotter", "rows": [
+        {"method": "tfmot", "ok": True, "file_bytes": 1000},
+        {"method": "lsq", "ok": True, "file_bytes": 1100, "top1": 0.98,
+         "within_two_steps": 1.0},
+        {"method": "dq", "ok": False, "error": "ValueError: x"}]}
+    checks = dict(model_zoo._check(result))
+    assert list(checks.values()) == [True, False, False, False]
