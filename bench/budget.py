@@ -17,21 +17,35 @@ the budget is met and the bits per layer), then checks the issue's targets:
 It also writes a PNG of accuracy against BitOPs. Seeds are fixed; everything runs in this one
 process.
 
+``--dataset=fashion_mnist`` runs the comparison on Fashion-MNIST (28x28, the IDX files of
+Debian's ``dataset-fashion-mnist``, see :func:`recipes.data.load_fashion_mnist`) for two seeds
+with more rows (see :func:`fashion_main`): float; TFMOT's default 8-bit QAT; post-training
+full-integer int8 (TFLite converter with a representative set, run in the LiteRT interpreter);
+LSQ uniform 8/4/3/2; AdaQAT and DQ at 25% and 12.5% of the 8-bit BitOPs and at a weight-memory
+budget of the uniform 2-bit weights + 7%, with the library's default settings. ``--quick``
+trains one epoch on a few thousand images to check that every row runs.
+
 Run from the repository root:  python -m bench.budget [--epochs 30 --out runs/bench_budget]
+                               python -m bench.budget --dataset=fashion_mnist [--quick]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import statistics
 import time
+
+import numpy as np
 
 from absl import app, flags
 
 import tfadaqat
-from tfadaqat._compat import keras
+from tfadaqat._compat import keras, tf, tflite_interpreter, tfmot
 from bench.digits_baseline import compile_cosine, steps_per_epoch, train_float
-from recipes.data import load_digits
+from models import small_cnn
+from recipes.data import load_digits, load_fashion_mnist
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("float_epochs", 30, "Epochs of float training.", lower_bound=1)
@@ -41,6 +55,18 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Random seed (data split, initialisation, shuffling).")
 flags.DEFINE_float("dq_cost_weight", 10.0, "DQ's penalty weight (quantize_model's cost_weight).")
 flags.DEFINE_string("out", "runs/bench_budget", "Folder for the PNG and the JSON table.")
+flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist"], "Data set of the bench.")
+flags.DEFINE_boolean("quick", False, "fashion_mnist: 1 epoch on a few thousand images, one "
+                     "seed, to check that every row runs (targets printed, not enforced).")
+flags.DEFINE_list("seeds", ["0", "1"], "fashion_mnist: seeds (mean and spread over them).")
+flags.DEFINE_integer("fashion_width", 16, "fashion_mnist: width of models.small_cnn.",
+                     lower_bound=1)
+flags.DEFINE_integer("fashion_train_images", 20_000, "fashion_mnist: training images (a fixed "
+                     "subset of the 'train' split; 'validation' is not used here).",
+                     lower_bound=1)
+flags.DEFINE_integer("fashion_float_epochs", 5, "fashion_mnist: float epochs.", lower_bound=1)
+flags.DEFINE_integer("fashion_epochs", 4, "fashion_mnist: QAT epochs per run.", lower_bound=1)
+flags.DEFINE_integer("fashion_batch_size", 128, "fashion_mnist: batch size.", lower_bound=1)
 
 UNIFORM_BITS = (8, 4, 3, 2)
 BUDGETS = (0.25, 0.125)
@@ -154,6 +180,9 @@ def _plot(rows, path):
 def main(argv):
     del argv
     os.makedirs(FLAGS.out, exist_ok=True)
+    if FLAGS.dataset == "fashion_mnist":
+        fashion_main()
+        return
     data = load_digits(seed=FLAGS.seed, upsample=2)
     train_x, test_x, train_y, test_y = data
     print(f"digits: {len(train_x)} training, {len(test_x)} test images, "
@@ -194,6 +223,335 @@ def main(argv):
     failed = sum(not passed for _, passed in checks)
     print(f"targets: {len(checks) - failed} passed, {failed} failed")
     if failed:
+        raise SystemExit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST (--dataset=fashion_mnist)
+
+FASHION_TARGETS = {"low_budget_over_uniform_3bit": 0.010, "low_budget_below_float": 0.015,
+                   "high_budget_below_float": 0.005, "memory_budget_over_uniform_2bit": 0.020}
+WEIGHT_MEMORY_SLACK = 1.07  # the weight-memory budget: uniform 2-bit weights + 7%
+PTQ_REPRESENTATIVE_IMAGES = 256
+# Chosen so that two seeds fit in ~75 minutes on 2 shared CPU cores: one QAT epoch of the
+# width-16 model on 20,000 images takes ~30 s of CPU, there are 11 QAT runs per seed (TFMOT,
+# 4 LSQ, 3 AdaQAT, 3 DQ; AdaQAT's probe forwards cost ~1.5x), plus float training and
+# evaluation.
+
+
+class _Clock:
+    """Wall and process CPU seconds (``resource.getrusage``: user + system) since creation."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.time(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def seconds(self):
+        return time.time() - self.wall, self._cpu() - self.cpu
+
+
+def _fashion_settings():
+    if FLAGS.quick:
+        return {"width": FLAGS.fashion_width, "train_images": 3000, "test_images": 2000,
+                "float_epochs": 1, "epochs": 1, "batch_size": FLAGS.fashion_batch_size,
+                "seeds": [int(FLAGS.seeds[0])]}
+    return {"width": FLAGS.fashion_width, "train_images": FLAGS.fashion_train_images,
+            "test_images": None, "float_epochs": FLAGS.fashion_float_epochs,
+            "epochs": FLAGS.fashion_epochs, "batch_size": FLAGS.fashion_batch_size,
+            "seeds": [int(seed) for seed in FLAGS.seeds]}
+
+
+def _fashion_data(settings):
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    # A fixed subset, the same for every seed: seeds vary initialisation and shuffling only.
+    order = np.random.default_rng(0).permutation(len(train_x))[:settings["train_images"]]
+    if settings["test_images"] is not None:
+        test_x, test_y = test_x[:settings["test_images"]], test_y[:settings["test_images"]]
+    return train_x[order], test_x, train_y[order], test_y
+
+
+def _cost_fields(reference, bits):
+    """BitOPs, their ratio to 8 bits and weight KB of `reference` (a tfadaqat-quantized copy of
+    the float model) at uniform `bits`: the same tfadaqat.cost for every row."""
+    eight_bit = tfadaqat.cost(reference, bits=tfadaqat.uniform_bits(reference, 8))
+    model_cost = tfadaqat.cost(reference, bits=tfadaqat.uniform_bits(reference, bits))
+    return {"bitops": int(model_cost.bitops),
+            "fraction_of_8bit": model_cost.bitops / eight_bit.bitops,
+            "weight_kb": model_cost.weight_kb, "bits": f"uniform {bits}"}
+
+
+def _timed_fit(model, data, settings, epochs):
+    train_x, _, train_y, _ = data
+    clock = _Clock()
+    model.fit(train_x, train_y, batch_size=settings["batch_size"], epochs=epochs, verbose=0)
+    wall, cpu = clock.seconds()
+    return {"wall_s_per_epoch": wall / epochs, "cpu_s_per_epoch": cpu / epochs}
+
+
+def _fashion_float(data, settings, seed):
+    train_x = data[0]
+    keras.utils.set_random_seed(seed)
+    model = small_cnn(input_shape=train_x.shape[1:], num_classes=10, width=settings["width"])
+    compile_cosine(model, 3e-3, settings["float_epochs"],
+                   steps_per_epoch(train_x, settings["batch_size"]))
+    timing = _timed_fit(model, data, settings, settings["float_epochs"])
+    return model, timing
+
+
+def _evaluate(model, data) -> float:
+    _, test_x, _, test_y = data
+    return float(model.evaluate(test_x, test_y, batch_size=500, verbose=0)[1])
+
+
+def _tfmot_row(float_model, data, settings, seed, reference):
+    keras.utils.set_random_seed(seed)
+    with tfmot.quantization.keras.quantize_scope():
+        qmodel = tfmot.quantization.keras.quantize_model(float_model)
+    compile_cosine(qmodel, 1e-3, settings["epochs"],
+                   steps_per_epoch(data[0], settings["batch_size"]))
+    timing = _timed_fit(qmodel, data, settings, settings["epochs"])
+    return {"run": "tfmot default 8-bit QAT", "accuracy": _evaluate(qmodel, data),
+            **_cost_fields(reference, 8), **timing}
+
+
+def _ptq_int8_row(float_model, data, reference):
+    train_x, test_x, _, test_y = data
+    clock = _Clock()
+    converter = tf.lite.TFLiteConverter.from_keras_model(float_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in
+                                                train_x[:PTQ_REPRESENTATIVE_IMAGES])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    content = converter.convert()
+    interpreter = tflite_interpreter(content, num_threads=1)
+    input_detail = interpreter.get_input_details()[0]
+    batch = 250
+    interpreter.resize_tensor_input(input_detail["index"], (batch, *test_x.shape[1:]))
+    interpreter.allocate_tensors()
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    scale, zero_point = input_detail["quantization"]
+    correct = 0
+    for start in range(0, len(test_x), batch):
+        images = test_x[start:start + batch]
+        count = len(images)
+        if count < batch:
+            images = np.concatenate([images, np.zeros((batch - count, *images.shape[1:]),
+                                                      images.dtype)])
+        quantized = np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8)
+        interpreter.set_tensor(input_detail["index"], quantized)
+        interpreter.invoke()
+        logits = interpreter.get_tensor(output_detail["index"])[:count]
+        correct += int(np.sum(np.argmax(logits, axis=-1) == test_y[start:start + count]))
+    wall, cpu = clock.seconds()
+    return {"run": "ptq full-integer int8", "accuracy": correct / len(test_x),
+            **_cost_fields(reference, 8), "wall_s_per_epoch": None, "cpu_s_per_epoch": None,
+            "conversion_and_eval_wall_s": wall, "conversion_and_eval_cpu_s": cpu}
+
+
+def _learned_row(name, float_model, data, settings, seed, budget, **quantize_kwargs):
+    keras.utils.set_random_seed(seed)
+    qmodel = tfadaqat.quantize_model(float_model, budget=budget, **quantize_kwargs)
+    compile_cosine(qmodel, 1e-3, settings["epochs"],
+                   steps_per_epoch(data[0], settings["batch_size"]))
+    timing = _timed_fit(qmodel, data, settings, settings["epochs"])
+    model_cost = tfadaqat.cost(qmodel)
+    eight_bit = tfadaqat.cost(qmodel, bits=tfadaqat.uniform_bits(qmodel, 8))
+    row = {"run": name, "accuracy": _evaluate(qmodel, data), "bitops": int(model_cost.bitops),
+           "fraction_of_8bit": model_cost.bitops / eight_bit.bitops,
+           "weight_kb": model_cost.weight_kb, "bits": _bits_text(qmodel), **timing}
+    if budget is not None:
+        quantity = "bitops" if qmodel.budget.bitops is not None else "weight_kb"
+        row["budget_ratio"] = row[quantity] / qmodel.budget.limit(quantity)
+    return row
+
+
+def _fashion_seed(data, settings, seed):
+    """Every row of the bench for one seed, printed as it finishes."""
+    def report(row):
+        timing = ("" if row.get("wall_s_per_epoch") is None else
+                  f"  {row['wall_s_per_epoch']:.0f} s wall / {row['cpu_s_per_epoch']:.0f} s CPU "
+                  "per epoch")
+        print(f"  seed {seed}  {row['run']:<26} accuracy {row['accuracy']:.4f}  "
+              f"{row['fraction_of_8bit']:.4f} of 8-bit BitOPs{timing}", flush=True)
+        rows.append(row)
+
+    rows = []
+    float_model, timing = _fashion_float(data, settings, seed)
+    reference = tfadaqat.quantize_model(float_model, "lsq")
+    report({"run": "float", "accuracy": _evaluate(float_model, data),
+            **_cost_fields(reference, 32), "bits": "float32", **timing})
+    report(_tfmot_row(float_model, data, settings, seed, reference))
+    report(_ptq_int8_row(float_model, data, reference))
+    for bits in UNIFORM_BITS:
+        report(_learned_row(f"lsq uniform {bits}-bit", float_model, data, settings, seed, None,
+                            method="lsq", weight_bits=bits, activation_bits=bits))
+    two_bit_kb = tfadaqat.cost(reference, bits=tfadaqat.uniform_bits(reference, 2)).weight_kb
+    budgets = [(f"{fraction:g} BitOPs", tfadaqat.Budget.relative(bitops=fraction))
+               for fraction in BUDGETS]
+    budgets.append(("2-bit+7% weight KB",
+                    tfadaqat.Budget(weight_kb=WEIGHT_MEMORY_SLACK * two_bit_kb)))
+    for label, budget in budgets:
+        # Library defaults: the AdaQAT rule and DQ's cost weight are those quantize_model uses.
+        report(_learned_row(f"adaqat {label}", float_model, data, settings, seed, budget,
+                            method="adaqat", weight_bits=8, activation_bits=8))
+        report(_learned_row(f"dq {label}", float_model, data, settings, seed, budget,
+                            method="dq", weight_bits=8, activation_bits=8))
+    rows.extend(_hgq2_rows(data, settings, seed))
+    return rows
+
+
+def _hgq2_rows(data, settings, seed):
+    """HOOK(HGQ2): rows of HGQ2 (PyPI ``hgq2``, Keras 3) at the same budgets -- not built yet.
+
+    HGQ2 needs Keras 3, which cannot share a process with tf-keras, so its rows will come from
+    a script run with its own virtual environment's Python (a subprocess given the same
+    training subset, seed and epochs through an .npz file, returning rows with the fields of
+    :func:`_learned_row` as JSON). BitOPs must then be recomputed with :func:`tfadaqat.cost`
+    from HGQ2's per-layer bits on ``reference``, so every row is priced the same way.
+    """
+    del data, settings, seed
+    return []
+
+
+def _aggregate(per_seed):
+    """One row per run: accuracy mean and spread (max - min) over seeds, the rest averaged."""
+    table = []
+    for index, first in enumerate(per_seed[0]):
+        runs = [rows[index] for rows in per_seed]
+        accuracies = [run["accuracy"] for run in runs]
+        row = {"run": first["run"], "accuracy": statistics.mean(accuracies),
+               "accuracy_spread": max(accuracies) - min(accuracies),
+               "accuracies": accuracies, "bits": [run["bits"] for run in runs]}
+        for key in ("bitops", "fraction_of_8bit", "weight_kb", "budget_ratio",
+                    "wall_s_per_epoch", "cpu_s_per_epoch"):
+            values = [run.get(key) for run in runs]
+            if all(value is not None for value in values):
+                row[key] = statistics.mean(values)
+                if key == "budget_ratio":
+                    row["budget_ratio_max"] = max(values)
+        table.append(row)
+    return table
+
+
+def _fashion_table(rows) -> str:
+    header = (f"{'run':<26} {'accuracy':>8} {'spread':>7} {'x 8-bit':>8} {'weight KB':>9} "
+              f"{'budget':>7} {'s/ep':>5} {'cpu/ep':>6}  bits per layer, seed {FLAGS.seeds[0]} "
+              "(kernels | activations)")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        ratio = f"{row['budget_ratio']:.3f}" if "budget_ratio" in row else "-"
+        wall = f"{row['wall_s_per_epoch']:.0f}" if "wall_s_per_epoch" in row else "-"
+        cpu = f"{row['cpu_s_per_epoch']:.0f}" if "cpu_s_per_epoch" in row else "-"
+        lines.append(f"{row['run']:<26} {row['accuracy']:>8.4f} {row['accuracy_spread']:>7.4f} "
+                     f"{row['fraction_of_8bit']:>8.4f} {row['weight_kb']:>9.2f} {ratio:>7} "
+                     f"{wall:>5} {cpu:>6}  {row['bits'][0]}")
+    return "\n".join(lines)
+
+
+def _margin_check(description, rows, run, peer, threshold):
+    """`run` beats `peer` by at least `threshold` (negative: loses at most ``-threshold``) on
+    the mean over seeds, by more than the seeds' spread of that difference."""
+    differences = [a - b for a, b in zip(rows[run]["accuracies"], rows[peer]["accuracies"])]
+    mean = statistics.mean(differences)
+    spread = max(differences) - min(differences)
+    margin = mean - threshold
+    return (f"{description}: {100 * mean:+.2f} points vs {peer} (need >= "
+            f"{100 * threshold:+.2f}; margin {100 * margin:.2f} vs seed spread "
+            f"{100 * spread:.2f})", margin >= 0 and margin >= spread)
+
+
+def _fashion_checks(table):
+    rows = {row["run"]: row for row in table}
+    low, high = f"{min(BUDGETS):g} BitOPs", f"{max(BUDGETS):g} BitOPs"
+    checks = []
+    for method in ("adaqat", "dq"):
+        for label in (low, high, "2-bit+7% weight KB"):
+            row = rows[f"{method} {label}"]
+            checks.append((f"{method} {label}: cost {row['budget_ratio_max']:.3f} x budget "
+                           f"(worst seed) <= {BUDGET_SLACK}",
+                           row["budget_ratio_max"] <= BUDGET_SLACK))
+        checks.append(_margin_check(f"{method} {low}", rows, f"{method} {low}",
+                                    "lsq uniform 3-bit",
+                                    FASHION_TARGETS["low_budget_over_uniform_3bit"]))
+        checks.append(_margin_check(f"{method} {low}", rows, f"{method} {low}", "float",
+                                    -FASHION_TARGETS["low_budget_below_float"]))
+        checks.append(_margin_check(f"{method} {high}", rows, f"{method} {high}", "float",
+                                    -FASHION_TARGETS["high_budget_below_float"]))
+        checks.append(_margin_check(f"{method} 2-bit+7% weight KB", rows,
+                                    f"{method} 2-bit+7% weight KB", "lsq uniform 2-bit",
+                                    FASHION_TARGETS["memory_budget_over_uniform_2bit"]))
+    return checks
+
+
+def _fashion_plot(table, path, settings):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    groups = {"8-bit baselines": ("tfmot", "ptq"), "uniform (lsq)": ("lsq",),
+              "adaqat": ("adaqat",), "dq": ("dq",)}
+    for (label, prefixes), marker in zip(groups.items(), ("D", "s", "o", "^")):
+        group = [r for r in table if r["run"].startswith(prefixes)]
+        axes.errorbar([r["bitops"] for r in group], [100 * r["accuracy"] for r in group],
+                      yerr=[50 * r["accuracy_spread"] for r in group], fmt=marker,
+                      label=label, markersize=7, capsize=3)
+        for r in group:
+            axes.annotate(r["run"].split(" ", 1)[-1], (r["bitops"], 100 * r["accuracy"]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=7)
+    float_row = next(r for r in table if r["run"] == "float")
+    axes.axhline(100 * float_row["accuracy"], color="gray", linestyle="--", label="float")
+    eight_bit = float_row["bitops"] / float_row["fraction_of_8bit"]
+    for fraction in BUDGETS:
+        axes.axvline(fraction * eight_bit, color="lightgray", linestyle=":")
+    axes.set_xscale("log")
+    axes.set_xlabel("BitOPs (log scale)")
+    axes.set_ylabel(f"test accuracy (%), mean of {len(settings['seeds'])} seed(s)")
+    axes.set_title(f"Fashion-MNIST, small_cnn width {settings['width']}: accuracy against "
+                   "BitOPs")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def fashion_main():
+    """The Fashion-MNIST bench: every row for each seed, the table, the targets, JSON and PNG."""
+    settings = _fashion_settings()
+    data = _fashion_data(settings)
+    print(f"fashion_mnist: small_cnn width {settings['width']}, {len(data[0])} training images "
+          f"(fixed subset of 'train'), {len(data[1])} test images, batch "
+          f"{settings['batch_size']}, {settings['float_epochs']} float epochs then "
+          f"{settings['epochs']} QAT epochs per run, seeds {settings['seeds']}"
+          f"{' (--quick)' if FLAGS.quick else ''}", flush=True)
+    clock = _Clock()
+    per_seed = [_fashion_seed(data, settings, seed) for seed in settings["seeds"]]
+    table = _aggregate(per_seed)
+    print()
+    print(_fashion_table(table))
+    print()
+    checks = _fashion_checks(table)
+    for description, passed in checks:
+        print(f"[{'PASS' if passed else 'FAIL'}] {description}")
+    png = os.path.join(FLAGS.out, "fashion_accuracy_vs_bitops.png")
+    _fashion_plot(table, png, settings)
+    path = os.path.join(FLAGS.out, "fashion_budget.json")
+    with open(path, "w") as handle:
+        json.dump({"settings": settings, "rows": table, "per_seed": per_seed,
+                   "checks": [{"check": d, "passed": p} for d, p in checks]}, handle, indent=1)
+    wall, cpu = clock.seconds()
+    print(f"\nwrote {png} and {path}; {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU")
+    failed = sum(not passed for _, passed in checks)
+    print(f"targets: {len(checks) - failed} passed, {failed} failed")
+    if failed and not FLAGS.quick:
         raise SystemExit(1)
 
 

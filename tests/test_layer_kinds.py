@@ -187,6 +187,24 @@ def test_kinds_table_drives_cost():
     assert row.bitops == row.macs * 4 * 4
 
 
+def test_layer_normalization_exports_with_a_representative_dataset(tmp_path):
+    inputs = keras.Input((4, 4, 6))
+    x = layers.Dense(8, name="expand")(inputs)
+    x = layers.LayerNormalization(name="norm")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, layers.Dense(5, name="logits")(x))
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    assert tfadaqat.bit_widths(qmodel)["norm"] == {"output": 8}
+    x = _inputs(model)
+    qmodel.initialize_quantizers(x)
+    with pytest.raises(ValueError, match="'norm'.*representative_dataset"):
+        export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x,
+                                  representative_dataset=x)
+    assert not report.float_ops and "RSQRT" in report.ops
+    assert report.top1_agreement >= 0.9, report
+
+
 class Scale(layers.Layer):
     def call(self, inputs):
         return inputs * 2.0

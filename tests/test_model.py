@@ -6,6 +6,7 @@ import pytest
 import tfadaqat
 from tests.conftest import small_resnet
 from tfadaqat._compat import keras, tf
+from tfadaqat.budget import budget_met
 
 
 def _initialized_flags(model):
@@ -96,6 +97,52 @@ def test_range_gradients_are_clipped_to_the_step_while_the_penalty_is_active():
         else:
             np.testing.assert_array_equal(gradient.numpy(), 100.0)
     assert {"kernel_step", "kernel_q_max", "output_step", "output_q_max"} <= clipped_names
+
+
+def _wider_range_loss(labels, outputs):
+    """A loss that always asks for larger outputs, so DQ's ranges (and bit-widths) rise."""
+    del labels
+    return -tf.reduce_mean(tf.abs(outputs))
+
+
+@pytest.mark.parametrize("project", [True, False])
+def test_a_model_within_its_budget_stays_within_it(project, monkeypatch):
+    # Issue 13: at the budget's edge the penalty switched off, the task loss raised a range,
+    # a bit-width rose over the budget, the penalty lowered it again, and so on until the end
+    # of training. With the projection, no step leaves the budget once it is met; without it
+    # (the old train_step) this loss takes the model over within a few steps.
+    if not project:
+        monkeypatch.setattr(tfadaqat.QuantizedModel, "_stay_within_budget",
+                            lambda self, *args: None)
+    keras.utils.set_random_seed(0)
+    images, labels = _budget_problem()
+    qmodel = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=4, activation_bits=4)
+    qmodel.initialize_quantizers(images[:32])
+    start = tfadaqat.cost(qmodel)
+    qmodel.set_budget(tfadaqat.Budget(weight_kb=start.weight_kb), {"weight_kb": 10.0})
+    qmodel.compile(keras.optimizers.Adam(0.05), _wider_range_loss)
+    weight_kb, kernels = [], []
+    for step in range(6):
+        qmodel.train_on_batch(images[32 * step:32 * (step + 1)], labels[:32])
+        weight_kb.append(tfadaqat.cost(qmodel).weight_kb)
+        kernels.append(next(w.numpy().copy() for w in qmodel.get_layer("quant_stem_conv").weights
+                               if w.name.split(":")[0].split("/")[-1] == "kernel"))
+    if project:
+        assert max(weight_kb) <= start.weight_kb
+        assert not np.array_equal(kernels[0], kernels[-1])  # the weights still train
+    else:
+        assert max(weight_kb) > start.weight_kb
+
+
+def test_budget_met_compares_every_bounded_quantity():
+    budget = tfadaqat.Budget(bitops=100.0, weight_kb=2.0)
+    sizes = {"bitops": tf.constant(100.0), "weight_kb": tf.constant(2.0),
+             "activation_kb": tf.constant(1e9)}  # unbounded: ignored
+    assert bool(budget_met(sizes, budget))
+    assert not bool(budget_met({**sizes, "weight_kb": tf.constant(2.001)}, budget))
+    assert not bool(budget_met({**sizes, "bitops": tf.constant(101.0)}, budget))
+    with pytest.raises(ValueError, match="absolute budget"):
+        budget_met(sizes, tfadaqat.Budget.relative(bitops=0.5))
 
 
 @pytest.mark.parametrize("method, budget, cost_weight, error, message", [

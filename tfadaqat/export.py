@@ -172,8 +172,10 @@ _quantized_wrapper = is_quantized_wrapper
 class _ExportPlan:
     """The model's layers in graph order, with who feeds whom and which BN layers fold."""
 
-    def __init__(self, model, int4: bool = False, allow_float_ops: bool = False):
+    def __init__(self, model, int4: bool = False, allow_float_ops: bool = False,
+                 calibrated: bool = False):
         self.allow_float_ops = allow_float_ops
+        self.calibrated = calibrated  # a representative dataset will be given
         self.nodes = []
         for depth in sorted(functional_nodes_by_depth(model), reverse=True):
             self.nodes.extend(functional_nodes_by_depth(model)[depth])
@@ -471,6 +473,12 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
             return _float_layer(inner, inputs, plan, f"activation {activation_name(inner)!r} "
                                 "has no integer kernel here")
         return _activation(inner, inner.activation, x, quantized)
+    if name == "layer_norm":
+        if not plan.calibrated:
+            return _float_layer(inner, inputs, plan, "the statistics inside a "
+                                "LayerNormalization need a representative_dataset to be "
+                                "quantized")
+        return inner(x)
     if name == "add":
         return tf.add_n(inputs) if len(inputs) > 2 else inputs[0] + inputs[1]
     if name == "multiply":
@@ -541,7 +549,8 @@ def integer_function(model) -> Callable:
     return _integer_function(model, _plan(model))
 
 
-def _plan(model, weight_storage: str = "int8", allow_float_ops: bool = False) -> _ExportPlan:
+def _plan(model, weight_storage: str = "int8", allow_float_ops: bool = False,
+          calibrated: bool = False) -> _ExportPlan:
     if not any(_quantized_wrapper(layer) for layer in getattr(model, "layers", [])):
         raise ValueError(f"model {getattr(model, 'name', model)!r} was not quantized with "
                          "tfadaqat.quantize_model: nothing to export with integer kernels")
@@ -551,7 +560,8 @@ def _plan(model, weight_storage: str = "int8", allow_float_ops: bool = False) ->
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
                          f"{weight_storage!r}")
-    return _ExportPlan(model, int4=weight_storage == "int4", allow_float_ops=allow_float_ops)
+    return _ExportPlan(model, int4=weight_storage == "int4", allow_float_ops=allow_float_ops,
+                       calibrated=calibrated)
 
 
 def _integer_function(model, plan: _ExportPlan) -> Callable:
@@ -740,12 +750,13 @@ def export_tflite(model, path: str, *, representative_dataset=None,
 
 def _export(model, path, folder, say, representative_dataset, input_type, output_type,
             verify_with, align, weight_storage, allow_float_ops) -> ExportReport:
-    _plan(model, weight_storage, allow_float_ops)  # refuses a model it cannot export first
+    calibrated = representative_dataset is not None
+    _plan(model, weight_storage, allow_float_ops, calibrated)  # refuses what it cannot export
     if align:
         say(f"aligned the biases of {align_biases(model, weight_storage)} layers with the "
             "int32 bias grid")
     say("building the integer graph")
-    plan = _plan(model, weight_storage, allow_float_ops)
+    plan = _plan(model, weight_storage, allow_float_ops, calibrated)
     function = _integer_function(model, plan)
     say("converting with the TFLite converter")
     holder = tf.Module()  # the function holds constants only: no model to save

@@ -117,6 +117,10 @@ KINDS: Dict[str, LayerKind] = {kind.name: kind for kind in (
               tflite_ops=("LOGISTIC",)),
     LayerKind("tanh", output="fixed", fixed_grid=_TANH_GRID, tflite_ops=("TANH",)),
     LayerKind("gelu", tflite_ops=("GELU",)),
+    # Its output is trained on a learned grid; the statistics inside (mean, variance, 1/sqrt)
+    # have no trained range, so export calibrates them with a representative dataset.
+    LayerKind("layer_norm", tflite_ops=("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "MUL", "SUB",
+                                        "ADD")),
     LayerKind("add", sign="inputs", fuses_into_relu=True, tflite_ops=("ADD",)),
     LayerKind("multiply", sign="inputs", tflite_ops=("MUL",)),
     LayerKind("concatenate", sign="inputs", tflite_ops=("CONCATENATION",)),
@@ -144,6 +148,7 @@ _BY_CLASS: Dict[type, str] = {
     _layers.Rescaling: "channel_affine",
     _layers.Normalization: "channel_affine",
     ChannelAffine: "channel_affine",
+    _layers.LayerNormalization: "layer_norm",
     _layers.Add: "add",
     _layers.Multiply: "multiply",
     _layers.Concatenate: "concatenate",

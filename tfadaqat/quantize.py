@@ -222,9 +222,11 @@ def _rebuild_from_config(model):
     Layer classes the model uses that Keras does not know by name (custom layers, which
     ``load_model`` then needs in ``custom_objects`` too) are passed along.
     """
+    # Only custom classes: passing Keras' own ones changes how TFMOT's wrapper builds and so
+    # the weight order this function exists to fix.
     classes = {type(unwrapped_layer(layer)).__name__: type(unwrapped_layer(layer))
-               for layer in model.layers}
-    rebuilt = QuantizedModel.from_config(model.get_config(), custom_objects=classes)
+               for layer in model.layers if is_custom_layer(unwrapped_layer(layer))}
+    rebuilt = QuantizedModel.from_config(model.get_config(), custom_objects=classes or None)
     source_layers = {layer.name: layer for layer in model.layers}
     for layer in rebuilt.layers:
         values = {_short_name(weight): weight for weight in source_layers[layer.name].weights}
