@@ -27,6 +27,7 @@ Each model runs in its own subprocess (TensorFlow's graph state grows with every
 one crash is one failed row. Run from the repository root:
 
     python -m bench.model_zoo [--models VGG16,keyword_spotter] [--out runs/bench_model_zoo]
+        [--jobs 2] [--resume]
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ flags.DEFINE_list("models", [], "Models to run (default: all).")
 flags.DEFINE_list("methods", ["adaqat", "dq", "lsq"], "tfadaqat methods to run.")
 flags.DEFINE_string("out", "runs/bench_model_zoo", "Folder for files and the JSON table.")
 flags.DEFINE_string("one", None, "Internal: run one model in this process, print JSON.")
+flags.DEFINE_integer("jobs", 1, "Models run at the same time (each in its own process).",
+                     lower_bound=1)
+flags.DEFINE_boolean("resume", False, "Keep the models already in <out>/model_zoo.json.")
 
 EXAMPLES = 64
 AGREEMENT = 0.99
@@ -233,30 +237,49 @@ def main(argv) -> int:
     unknown = sorted(set(names) - set(ALL_MODELS))
     if unknown:
         raise app.UsageError(f"--models: unknown {unknown}; known: {list(ALL_MODELS)}")
-    results = []
+    table_path = os.path.join(FLAGS.out, "model_zoo.json")
+    done = {}
+    if FLAGS.resume and os.path.exists(table_path):
+        with open(table_path) as stream:
+            done = {result["model"]: result for result in json.load(stream)}
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for index, name in enumerate(names, start=1):
-        print(f"[{index}/{len(names)}] {name}", flush=True)
-        process = subprocess.run(
+    pending = [name for name in names if name not in done]
+    running = []
+
+    def start(name):
+        print(f"[{len(done) + len(running) + 1}/{len(names)}] {name}", flush=True)
+        return name, subprocess.Popen(
             [sys.executable, "-m", "bench.model_zoo", f"--one={name}",
              f"--methods={','.join(FLAGS.methods)}", f"--out={FLAGS.out}"],
-            capture_output=True, text=True, env=environment)
-        lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
-        if not lines:
-            tail = (process.stderr or process.stdout).strip().splitlines()[-3:]
-            results.append({"model": name, "rows": [
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+
+    while pending or running:
+        while pending and len(running) < FLAGS.jobs:
+            running.append(start(pending.pop(0)))
+        name, process = running.pop(0)
+        stdout, stderr = process.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        if lines:
+            done[name] = json.loads(lines[-1][len("RESULT "):])
+        else:
+            tail = (stderr or stdout).strip().splitlines()[-3:]
+            done[name] = {"model": name, "rows": [
                 {"method": method, "ok": False, "seconds": 0.0,
                  "error": f"subprocess exited {process.returncode}: {' | '.join(tail)}"}
-                for method in ["tfmot"] + list(FLAGS.methods)]})
-            continue
-        results.append(json.loads(lines[-1][len("RESULT "):]))
-        for row in results[-1]["rows"]:
-            status = "ok" if row["ok"] else f"FAILED ({row.get('error') or row.get('float_ops')})"
-            print(f"    {row['method']}: {status} in {row['seconds']:.0f} s", flush=True)
+                for method in ["tfmot"] + list(FLAGS.methods)]}
+        for row in done[name]["rows"]:
+            status = ("ok" if row["ok"] else
+                      f"FAILED ({row.get('error') or row.get('float_ops')})")
+            agreement = "".join(f" {key} {row[key]:.4f}" for key in
+                                ("top1", "top1_strict", "max_steps", "within_two_steps")
+                                if row.get(key) is not None)
+            print(f"    {name} {row['method']}: {status}{agreement} in {row['seconds']:.0f} s",
+                  flush=True)
+        with open(table_path, "w") as stream:  # after every model: a cut run keeps its rows
+            json.dump([done[n] for n in names if n in done], stream, indent=1)
+    results = [done[name] for name in names]
     print()
     _print_table(results)
-    with open(os.path.join(FLAGS.out, "model_zoo.json"), "w") as stream:
-        json.dump(results, stream, indent=1)
     tfmot_exports = sum(1 for result in results if result["rows"][0]["ok"])
     print(f"\nTFMOT default QAT exports {tfmot_exports} of {len(results)} models to "
           "full-integer files")
