@@ -160,10 +160,9 @@ def test_layer_kind_exports_and_agrees(builder, method, tmp_path):
     report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
     assert not report.float_ops
     assert EXPECTED_OPS[builder] <= set(report.ops), report.ops
+    assert report.within_two_steps >= 0.99, report
     if builder in CLASSIFIERS:
         assert report.top1_agreement >= 0.95, report
-    else:  # regression / per-pixel outputs
-        assert report.within_two_steps >= 0.99, report
 
 
 def test_softmax_output_lies_on_tflite_grid():

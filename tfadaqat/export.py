@@ -451,6 +451,14 @@ def _quantize_output(wrapper, y, plan):
         tf.maximum(y, low * scale), (high - 255.0) * scale, high * scale, num_bits=8)
 
 
+def _fake_quant_on_grid(y, scale: float, low: int, high: int):
+    """`y` rounded onto ``scale x [low, high]`` as an int8 tensor of that step and top."""
+    if low < 0:
+        y = tf.maximum(y, low * scale)
+    return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
+                                                        high * scale, num_bits=8)
+
+
 def _layer_op(layer, inputs, plan) -> tf.Tensor:
     """The float ops of one layer on its input tensors (quantization is added by the caller)."""
     inner = unwrapped_layer(layer)
@@ -487,6 +495,12 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
             y = y * other
         return y
     if isinstance(inner, _layers.Concatenate):
+        if quantized:
+            # Each input moves onto the output's grid first, rounded once, as in Keras. Left
+            # to itself the converter requantizes one input onto the other's scale and the
+            # concatenation onto the output's: two roundings, one step off for ~16% of values.
+            scale, low, high, _ = plan.output_grids[layer.name]
+            inputs = [_fake_quant_on_grid(t, scale, low, high) for t in inputs]
         return tf.concat(inputs, axis=inner.axis)
     if isinstance(inner, (_layers.AveragePooling2D, _layers.MaxPooling2D)):
         pool = tf.nn.avg_pool2d if isinstance(inner, _layers.AveragePooling2D) else tf.nn.max_pool2d
