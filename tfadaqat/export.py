@@ -452,9 +452,12 @@ def _quantize_output(wrapper, y, plan):
 
 
 def _fake_quant_on_grid(y, scale: float, low: int, high: int):
-    """`y` rounded onto ``scale x [low, high]`` as an int8 tensor of that step and top."""
-    if low < 0:
-        y = tf.maximum(y, low * scale)
+    """`y` rounded onto ``scale x [low, high]`` as an int8 tensor of that step and top.
+
+    The clamp at the bottom is kept even where `y` cannot go below it: between two FakeQuant
+    ops the converter needs an op to carry the requantization (without one it kept the first
+    scale and broke CONCATENATION's same-scale rule)."""
+    y = tf.maximum(y, low * scale)
     return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
                                                         high * scale, num_bits=8)
 
