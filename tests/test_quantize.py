@@ -72,13 +72,13 @@ def test_nested_models_are_flattened():
 def test_unsupported_layer_stays_float_with_one_warning():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(4, name="first")(inputs)
-    x = keras.layers.LayerNormalization(name="norm")(x)
-    x = keras.layers.Activation("tanh", name="squash")(x)
+    x = keras.layers.LeakyReLU(0.1, name="leaky")(x)
+    x = keras.layers.Activation("elu", name="squash")(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="last")(x))
-    with pytest.warns(UserWarning, match=r"norm \(LayerNormalization\)") as record:
+    with pytest.warns(UserWarning, match=r"leaky \(LeakyReLU\), squash \(Activation\)") as record:
         qmodel = _quantize(model, "lsq")
     assert len([w for w in record if "leaves these layers in float" in str(w.message)]) == 1
-    assert "norm" not in tfadaqat.bit_widths(qmodel)
+    assert "leaky" not in tfadaqat.bit_widths(qmodel) and "squash" not in tfadaqat.bit_widths(qmodel)
 
 
 def test_skip_keeps_a_layer_float_without_warning():
