@@ -444,11 +444,9 @@ def _quantize_output(wrapper, y, plan):
             y = tf.nn.relu(y)
         # Zero point 127 - high puts int8's top at high * scale: the kernel's own saturation
         # clamps there, and its fused ReLU at 0, with no MINIMUM op.
-        return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
-                                                            high * scale, num_bits=8)
+        return _int8_fake_quant(y, scale, high)
     # Signed: the same top at high * scale; the bottom needs one MAXIMUM op.
-    return tf.quantization.fake_quant_with_min_max_vars(
-        tf.maximum(y, low * scale), (high - 255.0) * scale, high * scale, num_bits=8)
+    return _fake_quant_on_grid(y, scale, low, high)
 
 
 def _fake_quant_on_grid(y, scale: float, low: int, high: int):
@@ -457,7 +455,11 @@ def _fake_quant_on_grid(y, scale: float, low: int, high: int):
     The clamp at the bottom is kept even where `y` cannot go below it: between two FakeQuant
     ops the converter needs an op to carry the requantization (without one it kept the first
     scale and broke CONCATENATION's same-scale rule)."""
-    y = tf.maximum(y, low * scale)
+    return _int8_fake_quant(tf.maximum(y, low * scale), scale, high)
+
+
+def _int8_fake_quant(y, scale: float, high: int):
+    """`y` as int8 with step `scale` and top ``high x scale`` (zero point ``127 - high``)."""
     return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
                                                         high * scale, num_bits=8)
 
@@ -551,9 +553,8 @@ def _pin_kept_grid(layer, y, plan):
     grid = _input_grid(plan, layer.name)
     if grid is None or y.dtype != tf.float32:
         return y
-    scale, low, high, _ = grid
-    return tf.quantization.fake_quant_with_min_max_vars(y, (high - 255.0) * scale,
-                                                        high * scale, num_bits=8)
+    scale, _, high, _ = grid
+    return _int8_fake_quant(y, scale, high)
 
 
 def integer_function(model) -> Callable:
@@ -768,7 +769,6 @@ def export_tflite(model, path: str, *, representative_dataset=None,
 def _export(model, path, folder, say, representative_dataset, input_type, output_type,
             verify_with, align, weight_storage, allow_float_ops) -> ExportReport:
     calibrated = representative_dataset is not None
-    _plan(model, weight_storage, allow_float_ops, calibrated)  # refuses what it cannot export
     if align:
         say(f"aligned the biases of {align_biases(model, weight_storage)} layers with the "
             "int32 bias grid")
