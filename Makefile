@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 # Where Debian's dataset-fashion-mnist puts the IDX files (recipes/idx.py looks there too).
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench data clean
+.PHONY: demo test bench data clean hgq2
+# HGQ2 (Keras 3), the learned-bits peer of bench/budget.py --dataset=fashion_mnist: its own
+# virtual environment, since Keras 3 and tf-keras cannot share a process.
+HGQ2_VENV ?= .venv-hgq2
+HGQ2_STAMP := $(HGQ2_VENV)/.installed-stamp
+HGQ2_REQUIREMENTS := hgq2==0.2.0 tensorflow-cpu==2.21.* numpy
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +25,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+$(HGQ2_STAMP):
+	$(PYTHON) -m venv $(HGQ2_VENV)
+	$(HGQ2_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(HGQ2_VENV)/bin/python -m pip install --quiet $(HGQ2_REQUIREMENTS)
+	touch $(HGQ2_STAMP)
+
+hgq2: $(HGQ2_STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.step_time
@@ -39,4 +52,4 @@ data:
 	fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(HGQ2_VENV) build *.egg-info .pytest_cache .hypothesis

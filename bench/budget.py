@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -61,11 +62,15 @@ flags.DEFINE_boolean("quick", False, "fashion_mnist: 1 epoch on a few thousand i
 flags.DEFINE_list("seeds", ["0", "1"], "fashion_mnist: seeds (mean and spread over them).")
 flags.DEFINE_integer("fashion_width", 16, "fashion_mnist: width of models.small_cnn.",
                      lower_bound=1)
-flags.DEFINE_integer("fashion_train_images", 20_000, "fashion_mnist: training images (a fixed "
-                     "subset of the 'train' split; 'validation' is not used here).",
-                     lower_bound=1)
+flags.DEFINE_integer("fashion_train_images", 60_000, "fashion_mnist: training images (the "
+                     "first N of a fixed permutation of the 60,000 of the training file).",
+                     lower_bound=1, upper_bound=60_000)
 flags.DEFINE_integer("fashion_float_epochs", 5, "fashion_mnist: float epochs.", lower_bound=1)
-flags.DEFINE_integer("fashion_epochs", 4, "fashion_mnist: QAT epochs per run.", lower_bound=1)
+flags.DEFINE_integer("fashion_epochs", 3, "fashion_mnist: QAT epochs per run.", lower_bound=1)
+flags.DEFINE_list("hgq2_betas", ["1e-8", "3e-8"], "fashion_mnist: HGQ2's EBOPs penalties, one "
+                  "HGQ2 row each (chosen so its BitOPs land near the 25% and 12.5% budgets).")
+flags.DEFINE_string("hgq2_python", None, "fashion_mnist: Python of an environment with hgq2 "
+                    "(default: .venv-hgq2, created with `make hgq2` when missing).")
 flags.DEFINE_integer("fashion_batch_size", 128, "fashion_mnist: batch size.", lower_bound=1)
 
 UNIFORM_BITS = (8, 4, 3, 2)
@@ -233,6 +238,12 @@ FASHION_TARGETS = {"low_budget_over_uniform_3bit": 0.010, "low_budget_below_floa
                    "high_budget_below_float": 0.005, "memory_budget_over_uniform_2bit": 0.020}
 WEIGHT_MEMORY_SLACK = 1.07  # the weight-memory budget: uniform 2-bit weights + 7%
 PTQ_REPRESENTATIVE_IMAGES = 256
+# HGQ2's copy of small_cnn: each conv's BatchNormalization, folded in; and which tfadaqat
+# tensor is the input of each of its quantized layers (where its mean input bits are priced).
+HGQ2_FOLDS = {"stem_conv": "stem_bn", "block_conv1": "block_bn1", "block_conv2": "block_bn2",
+              "down_conv": "down_bn"}
+HGQ2_INPUTS = {"stem_conv": "image_quantize_point", "block_conv1": "stem_relu",
+               "block_conv2": "block_relu1", "down_conv": "block_out", "logits": "pool"}
 # Chosen so that two seeds fit in ~75 minutes on 2 shared CPU cores: one QAT epoch of the
 # width-16 model on 20,000 images takes ~30 s of CPU, there are 11 QAT runs per seed (TFMOT,
 # 4 LSQ, 3 AdaQAT, 3 DQ; AdaQAT's probe forwards cost ~1.5x), plus float training and
@@ -266,7 +277,7 @@ def _fashion_settings():
 
 
 def _fashion_data(settings):
-    train_x, train_y = load_fashion_mnist("train")
+    train_x, train_y = load_fashion_mnist("train_full")
     test_x, test_y = load_fashion_mnist("test")
     # A fixed subset, the same for every seed: seeds vary initialisation and shuffling only.
     order = np.random.default_rng(0).permutation(len(train_x))[:settings["train_images"]]
@@ -404,21 +415,96 @@ def _fashion_seed(data, settings, seed):
                             method="adaqat", weight_bits=8, activation_bits=8))
         report(_learned_row(f"dq {label}", float_model, data, settings, seed, budget,
                             method="dq", weight_bits=8, activation_bits=8))
-    rows.extend(_hgq2_rows(data, settings, seed))
+    for row in _hgq2_rows(data, settings, seed, float_model, reference):
+        report(row)
     return rows
 
 
-def _hgq2_rows(data, settings, seed):
-    """HOOK(HGQ2): rows of HGQ2 (PyPI ``hgq2``, Keras 3) at the same budgets -- not built yet.
+def _hgq2_rows(data, settings, seed, float_model, reference):
+    """HGQ2's rows (PyPI ``hgq2``, Keras 3) for one seed, from bench/hgq2_peer.py run with the
+    Python of its own virtual environment (Keras 3 and tf-keras cannot share a process).
 
-    HGQ2 needs Keras 3, which cannot share a process with tf-keras, so its rows will come from
-    a script run with its own virtual environment's Python (a subprocess given the same
-    training subset, seed and epochs through an .npz file, returning rows with the fields of
-    :func:`_learned_row` as JSON). BitOPs must then be recomputed with :func:`tfadaqat.cost`
-    from HGQ2's per-layer bits on ``reference``, so every row is priced the same way.
+    HGQ2 starts from `float_model`'s weights with each BatchNormalization folded into its
+    convolution, trains as long as the tfadaqat rows with the same optimizer and schedule, once
+    per EBOPs penalty in ``--hgq2_betas``; its per-element bit-widths come back as per-layer
+    means, priced here with :func:`tfadaqat.cost` on `reference` like every other row.
     """
-    del data, settings, seed
-    return []
+    python = _hgq2_python()
+    train_x, test_x, train_y, test_y = data
+    arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+    for layer_name, (kernel, bias) in _folded_weights(float_model).items():
+        arrays[f"{layer_name}/kernel"], arrays[f"{layer_name}/bias"] = kernel, bias
+    folder = os.path.join(FLAGS.out, "hgq2")
+    os.makedirs(folder, exist_ok=True)
+    paths = {name: os.path.join(folder, f"seed{seed}.{name}") for name in
+             ("npz", "json", "rows.json")}
+    np.savez(paths["npz"], **arrays)
+    with open(paths["json"], "w") as handle:
+        json.dump({"seed": seed, "width": settings["width"], "epochs": settings["epochs"],
+                   "batch_size": settings["batch_size"], "learning_rate": 1e-3,
+                   "betas": [float(beta) for beta in FLAGS.hgq2_betas]}, handle)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hgq2_peer.py")
+    completed = subprocess.run([python, script, "--data", paths["npz"], "--settings",
+                                paths["json"], "--out", paths["rows.json"]],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"bench/hgq2_peer.py failed (exit {completed.returncode}); its "
+                           f"output ends:\n{completed.stdout[-3000:]}")
+    with open(paths["rows.json"]) as handle:
+        peer_rows = json.load(handle)
+    eight_bit = tfadaqat.cost(reference, bits=tfadaqat.uniform_bits(reference, 8))
+    rows = []
+    for peer in peer_rows:
+        bits = tfadaqat.uniform_bits(reference, 8)
+        for layer_name, layer_bits in peer["bits"].items():
+            bits[layer_name]["kernel"] = layer_bits["kernel"]
+            producer = HGQ2_INPUTS[layer_name]
+            bits[producer]["output"] = layer_bits["input"]
+        model_cost = tfadaqat.cost(reference, bits=bits)
+        rows.append({"run": f"hgq2 beta {peer['beta']:g}", "accuracy": peer["accuracy"],
+                     "bitops": int(model_cost.bitops),
+                     "fraction_of_8bit": model_cost.bitops / eight_bit.bitops,
+                     "weight_kb": model_cost.weight_kb,
+                     "bits": " ".join(f"{b['kernel']:.1f}" for b in peer["bits"].values())
+                     + " | " + " ".join(f"{b['input']:.1f}" for b in peer["bits"].values()),
+                     "wall_s_per_epoch": peer["wall_s_per_epoch"],
+                     "cpu_s_per_epoch": peer["cpu_s_per_epoch"]})
+    return rows
+
+
+def _folded_weights(float_model):
+    """``{layer: (kernel, bias)}`` of small_cnn's convolutions with their BatchNormalization
+    folded in (inference statistics), and of its classifier."""
+    result = {}
+    for conv_name, bn_name in HGQ2_FOLDS.items():
+        kernel = float_model.get_layer(conv_name).get_weights()[0]
+        batch_norm = float_model.get_layer(bn_name)
+        gamma, beta, mean, variance = batch_norm.get_weights()
+        scale = gamma / np.sqrt(variance + batch_norm.epsilon)
+        result[conv_name] = ((kernel * scale).astype(np.float32),
+                             (beta - mean * scale).astype(np.float32))
+    kernel, bias = float_model.get_layer("logits").get_weights()
+    result["logits"] = (kernel, bias)
+    return result
+
+
+def _hgq2_python() -> str:
+    """The HGQ2 environment's Python: ``--hgq2_python``, else ``.venv-hgq2`` made by
+    ``make hgq2`` (created here when missing)."""
+    if FLAGS.hgq2_python:
+        if not os.path.exists(FLAGS.hgq2_python):
+            raise ValueError(f"--hgq2_python {FLAGS.hgq2_python!r} does not exist")
+        return FLAGS.hgq2_python
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python = os.path.join(root, ".venv-hgq2", "bin", "python")
+    if not os.path.exists(os.path.join(root, ".venv-hgq2", ".installed-stamp")):
+        print("creating HGQ2's virtual environment .venv-hgq2 (make hgq2; a few minutes)",
+              flush=True)
+        completed = subprocess.run(["make", "-s", "hgq2"], cwd=root)
+        if completed.returncode != 0:
+            raise RuntimeError("`make hgq2` failed: HGQ2's environment could not be created "
+                               "(see its output above); pass --hgq2_python to use another")
+    return python
 
 
 def _aggregate(per_seed):
@@ -488,6 +574,16 @@ def _fashion_checks(table):
         checks.append(_margin_check(f"{method} 2-bit+7% weight KB", rows,
                                     f"{method} 2-bit+7% weight KB", "lsq uniform 2-bit",
                                     FASHION_TARGETS["memory_budget_over_uniform_2bit"]))
+    # HGQ2: at equal or lower BitOPs than an HGQ2 row, each learned row is at least as accurate.
+    for peer in (row for row in table if row["run"].startswith("hgq2")):
+        for method in ("adaqat", "dq"):
+            for label in (low, high):
+                run = rows[f"{method} {label}"]
+                if run["fraction_of_8bit"] <= peer["fraction_of_8bit"] * BUDGET_SLACK:
+                    checks.append(_margin_check(
+                        f"{method} {label} ({run['fraction_of_8bit']:.3f} of 8-bit BitOPs) vs "
+                        f"{peer['run']} ({peer['fraction_of_8bit']:.3f})", rows,
+                        f"{method} {label}", peer["run"], 0.0))
     return checks
 
 
@@ -498,8 +594,8 @@ def _fashion_plot(table, path, settings):
 
     figure, axes = plt.subplots(figsize=(8, 5))
     groups = {"8-bit baselines": ("tfmot", "ptq"), "uniform (lsq)": ("lsq",),
-              "adaqat": ("adaqat",), "dq": ("dq",)}
-    for (label, prefixes), marker in zip(groups.items(), ("D", "s", "o", "^")):
+              "adaqat": ("adaqat",), "dq": ("dq",), "hgq2": ("hgq2",)}
+    for (label, prefixes), marker in zip(groups.items(), ("D", "s", "o", "^", "v")):
         group = [r for r in table if r["run"].startswith(prefixes)]
         axes.errorbar([r["bitops"] for r in group], [100 * r["accuracy"] for r in group],
                       yerr=[50 * r["accuracy_spread"] for r in group], fmt=marker,
@@ -528,7 +624,7 @@ def fashion_main():
     settings = _fashion_settings()
     data = _fashion_data(settings)
     print(f"fashion_mnist: small_cnn width {settings['width']}, {len(data[0])} training images "
-          f"(fixed subset of 'train'), {len(data[1])} test images, batch "
+          f"(of the training file), {len(data[1])} test images, batch "
           f"{settings['batch_size']}, {settings['float_epochs']} float epochs then "
           f"{settings['epochs']} QAT epochs per run, seeds {settings['seeds']}"
           f"{' (--quick)' if FLAGS.quick else ''}", flush=True)

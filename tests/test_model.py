@@ -134,6 +134,34 @@ def test_a_model_within_its_budget_stays_within_it(project, monkeypatch):
         assert max(weight_kb) > start.weight_kb
 
 
+def test_dq_pressure_grows_only_while_over_budget_and_is_saved(tmp_path):
+    # The squared hinge's gradient vanishes at the budget's edge: the pressure multiplies it by
+    # 1.01 after every step that ends over the budget, and leaves it alone within it.
+    keras.utils.set_random_seed(0)
+    images, labels = _budget_problem()
+    qmodel = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=4, activation_bits=4)
+    qmodel.initialize_quantizers(images[:32])
+    start = tfadaqat.cost(qmodel)
+    # Unreachable in a few steps of a tiny learning rate: over budget after every step.
+    qmodel.set_budget(tfadaqat.Budget(weight_kb=0.5 * start.weight_kb), {"weight_kb": 10.0})
+    qmodel.compile(keras.optimizers.Adam(1e-6), "sparse_categorical_crossentropy")
+    assert float(qmodel.dq_pressure.numpy()) == 1.0
+    for step in range(3):
+        qmodel.train_on_batch(images[32 * step:32 * (step + 1)], labels[32 * step:32 * (step + 1)])
+    assert float(qmodel.dq_pressure.numpy()) == pytest.approx(1.01 ** 3, rel=1e-6)
+    # Within the budget, the pressure stays where it is.
+    qmodel.set_budget(tfadaqat.Budget(weight_kb=2.0 * start.weight_kb), {"weight_kb": 10.0})
+    qmodel.compile(keras.optimizers.Adam(1e-6), "sparse_categorical_crossentropy")
+    qmodel.train_on_batch(images[:32], labels[:32])
+    assert float(qmodel.dq_pressure.numpy()) == pytest.approx(1.01 ** 3, rel=1e-6)
+    path = str(tmp_path / "model.keras")
+    qmodel.save(path)
+    assert float(tfadaqat.load_model(path).dq_pressure.numpy()) == pytest.approx(1.01 ** 3,
+                                                                                 rel=1e-6)
+    # Methods without DQ quantizers have no pressure.
+    assert tfadaqat.quantize_model(small_resnet(), "lsq").dq_pressure is None
+
+
 def test_budget_met_compares_every_bounded_quantity():
     budget = tfadaqat.Budget(bitops=100.0, weight_kb=2.0)
     sizes = {"bitops": tf.constant(100.0), "weight_kb": tf.constant(2.0),
