@@ -238,6 +238,8 @@ FASHION_TARGETS = {"low_budget_over_uniform_3bit": 0.010, "low_budget_below_floa
                    "high_budget_below_float": 0.005, "memory_budget_over_uniform_2bit": 0.020}
 WEIGHT_MEMORY_SLACK = 1.07  # the weight-memory budget: uniform 2-bit weights + 7%
 PTQ_REPRESENTATIVE_IMAGES = 256
+# BatchNormalization statistics re-estimated after every QAT run on this many training batches.
+REESTIMATION_BATCHES = 50
 # HGQ2's copy of small_cnn: each conv's BatchNormalization, folded in; and which tfadaqat
 # tensor is the input of each of its quantized layers (where its mean input bits are priced).
 HGQ2_FOLDS = {"stem_conv": "stem_bn", "block_conv1": "block_bn1", "block_conv2": "block_bn2",
@@ -319,6 +321,15 @@ def _evaluate(model, data) -> float:
     return float(model.evaluate(test_x, test_y, batch_size=500, verbose=0)[1])
 
 
+def _reestimated_accuracy(model, data, settings) -> dict:
+    """Test accuracy after :func:`tfadaqat.reestimate_batch_norm` on training images (the
+    moving statistics of the trained grids), and before it."""
+    before = _evaluate(model, data)
+    tfadaqat.reestimate_batch_norm(model, data[0], batches=REESTIMATION_BATCHES,
+                                   batch_size=settings["batch_size"])
+    return {"accuracy": _evaluate(model, data), "accuracy_without_reestimation": before}
+
+
 def _tfmot_row(float_model, data, settings, seed, reference):
     keras.utils.set_random_seed(seed)
     with tfmot.quantization.keras.quantize_scope():
@@ -326,7 +337,7 @@ def _tfmot_row(float_model, data, settings, seed, reference):
     compile_cosine(qmodel, 1e-3, settings["epochs"],
                    steps_per_epoch(data[0], settings["batch_size"]))
     timing = _timed_fit(qmodel, data, settings, settings["epochs"])
-    return {"run": "tfmot default 8-bit QAT", "accuracy": _evaluate(qmodel, data),
+    return {"run": "tfmot default 8-bit QAT", **_reestimated_accuracy(qmodel, data, settings),
             **_cost_fields(reference, 8), **timing}
 
 
@@ -375,7 +386,8 @@ def _learned_row(name, float_model, data, settings, seed, budget, **quantize_kwa
     timing = _timed_fit(qmodel, data, settings, settings["epochs"])
     model_cost = tfadaqat.cost(qmodel)
     eight_bit = tfadaqat.cost(qmodel, bits=tfadaqat.uniform_bits(qmodel, 8))
-    row = {"run": name, "accuracy": _evaluate(qmodel, data), "bitops": int(model_cost.bitops),
+    row = {"run": name, **_reestimated_accuracy(qmodel, data, settings),
+           "bitops": int(model_cost.bitops),
            "fraction_of_8bit": model_cost.bitops / eight_bit.bitops,
            "weight_kb": model_cost.weight_kb, "bits": _bits_text(qmodel), **timing}
     if budget is not None:
@@ -390,7 +402,10 @@ def _fashion_seed(data, settings, seed):
         timing = ("" if row.get("wall_s_per_epoch") is None else
                   f"  {row['wall_s_per_epoch']:.0f} s wall / {row['cpu_s_per_epoch']:.0f} s CPU "
                   "per epoch")
-        print(f"  seed {seed}  {row['run']:<26} accuracy {row['accuracy']:.4f}  "
+        without = row.get("accuracy_without_reestimation")
+        print(f"  seed {seed}  {row['run']:<26} accuracy {row['accuracy']:.4f}"
+              + (f" ({without:.4f} without BN re-estimation)" if without is not None else "")
+              + "  "
               f"{row['fraction_of_8bit']:.4f} of 8-bit BitOPs{timing}", flush=True)
         rows.append(row)
 
@@ -516,8 +531,8 @@ def _aggregate(per_seed):
         row = {"run": first["run"], "accuracy": statistics.mean(accuracies),
                "accuracy_spread": max(accuracies) - min(accuracies),
                "accuracies": accuracies, "bits": [run["bits"] for run in runs]}
-        for key in ("bitops", "fraction_of_8bit", "weight_kb", "budget_ratio",
-                    "wall_s_per_epoch", "cpu_s_per_epoch"):
+        for key in ("accuracy_without_reestimation", "bitops", "fraction_of_8bit", "weight_kb",
+                    "budget_ratio", "wall_s_per_epoch", "cpu_s_per_epoch"):
             values = [run.get(key) for run in runs]
             if all(value is not None for value in values):
                 row[key] = statistics.mean(values)
@@ -528,7 +543,8 @@ def _aggregate(per_seed):
 
 
 def _fashion_table(rows) -> str:
-    header = (f"{'run':<26} {'accuracy':>8} {'spread':>7} {'x 8-bit':>8} {'weight KB':>9} "
+    header = (f"{'run':<26} {'accuracy':>8} {'spread':>7} {'no BN re':>8} {'x 8-bit':>8} "
+              f"{'weight KB':>9} "
               f"{'budget':>7} {'s/ep':>5} {'cpu/ep':>6}  bits per layer, seed {FLAGS.seeds[0]} "
               "(kernels | activations)")
     lines = [header, "-" * len(header)]
@@ -536,9 +552,11 @@ def _fashion_table(rows) -> str:
         ratio = f"{row['budget_ratio']:.3f}" if "budget_ratio" in row else "-"
         wall = f"{row['wall_s_per_epoch']:.0f}" if "wall_s_per_epoch" in row else "-"
         cpu = f"{row['cpu_s_per_epoch']:.0f}" if "cpu_s_per_epoch" in row else "-"
+        without = (f"{row['accuracy_without_reestimation']:.4f}"
+                   if "accuracy_without_reestimation" in row else "-")
         lines.append(f"{row['run']:<26} {row['accuracy']:>8.4f} {row['accuracy_spread']:>7.4f} "
-                     f"{row['fraction_of_8bit']:>8.4f} {row['weight_kb']:>9.2f} {ratio:>7} "
-                     f"{wall:>5} {cpu:>6}  {row['bits'][0]}")
+                     f"{without:>8} {row['fraction_of_8bit']:>8.4f} {row['weight_kb']:>9.2f} "
+                     f"{ratio:>7} {wall:>5} {cpu:>6}  {row['bits'][0]}")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from tfadaqat.quantize import load_model, quantize_model, quantize_scope
 from tfadaqat.tensors import QuantizedTensor, bit_widths, quantized_tensors, set_bit_widths
 from tfadaqat.quantizers import (DoReFaWeightQuantizer, DQQuantizer, FixedGridQuantizer,
                                  LSQQuantizer, PACTActivationQuantizer, TensorQuantizer)
+from tfadaqat.batch_norm import reestimate_batch_norm
 from tfadaqat.budget import Budget, budget_penalty
 from tfadaqat.callbacks import BitWidthLogger
 from tfadaqat.cost import LayerCost, ModelCost, cost, differentiable_cost, uniform_bits
@@ -64,6 +65,7 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "quantized_tensors",
+    "reestimate_batch_norm",
     "register_layer_kind",
     "set_bit_widths",
     "summary",
