@@ -91,7 +91,8 @@ def validate_config(config, strategy: str = "default") -> None:
     _require(strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     _positive(config, "batch_size", "base_batch_size", "epochs", integer=True)
     _positive(config, "float_epochs", "steps_per_epoch", "eval_steps", "warmup_epochs",
-              "image_size", "verify_examples", "seed", integer=True, zero=True)
+              "image_size", "verify_examples", "seed", "reestimate_batch_norm_batches",
+              integer=True, zero=True)
     _positive(config, "keep_checkpoints", integer=True)
     _positive(config, "learning_rate", "float_learning_rate")
     _positive(config, "weight_decay", "momentum", zero=True)
@@ -565,6 +566,11 @@ def train_and_evaluate(config, workdir: str, *, strategy: str = "default",
     bit_logger = tfadaqat.BitWidthLogger()
     say(f"[quantized] training with {config.method} for {config.epochs} epochs")
     _fit_stage(run, qmodel, stage="quantized", epochs=config.epochs, callbacks=[bit_logger])
+    if config.reestimate_batch_norm_batches:
+        used = tfadaqat.reestimate_batch_norm(qmodel, run.train_data(config.epochs),
+                                              batches=config.reestimate_batch_norm_batches)
+        say(f"[quantized] BatchNormalization statistics re-estimated on {used} training "
+            "batches with the trained grids")
     if config.export:  # the model evaluated, saved and exported is the one the file computes
         say(f"[export] aligned the biases of {tfadaqat.align_biases(qmodel)} layers with "
             "TFLite's int32 bias grid")

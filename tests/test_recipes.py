@@ -91,6 +91,7 @@ def test_settings_of_resnet20_fashion_mnist(method, budget, bits):
     assert (config.float_learning_rate, config.learning_rate) == (0.1, 0.01)
     assert (config.budget.units, config.budget.bitops) == ("relative", budget)
     assert (config.weight_bits, config.activation_bits) == (bits, bits)
+    assert config.reestimate_batch_norm_batches == 50
     assert training.budget_from_config(config) == (
         tfadaqat.Budget.relative(bitops=budget) if budget else None)
 
