@@ -210,8 +210,7 @@ def main(argv):
                          weight_bits=bits, activation_bits=bits))
     for fraction in BUDGETS:
         rows.append(_run(f"adaqat {fraction:g} budget", float_model, data, fraction,
-                         method="adaqat", weight_bits=8, activation_bits=8,
-                         adaqat_rule=tfadaqat.AdaQATRule(learning_rate=1.0)))
+                         method="adaqat", weight_bits=8, activation_bits=8))
         rows.append(_run(f"dq {fraction:g} budget", float_model, data, fraction, method="dq",
                          weight_bits=8, activation_bits=8, cost_weight=FLAGS.dq_cost_weight))
     print()
