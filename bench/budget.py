@@ -18,12 +18,19 @@ It also writes a PNG of accuracy against BitOPs. Seeds are fixed; everything run
 process.
 
 ``--dataset=fashion_mnist`` runs the comparison on Fashion-MNIST (28x28, the IDX files of
-Debian's ``dataset-fashion-mnist``, see :func:`recipes.data.load_fashion_mnist`) for two seeds
-with more rows (see :func:`fashion_main`): float; TFMOT's default 8-bit QAT; post-training
-full-integer int8 (TFLite converter with a representative set, run in the LiteRT interpreter);
-LSQ uniform 8/4/3/2; AdaQAT and DQ at 25% and 12.5% of the 8-bit BitOPs and at a weight-memory
-budget of the uniform 2-bit weights + 7%, with the library's default settings. ``--quick``
-trains one epoch on a few thousand images to check that every row runs.
+Debian's ``dataset-fashion-mnist``, see :func:`recipes.data.load_fashion_mnist`), on all
+60,000 training and 10,000 test images, for two seeds with more rows (see
+:func:`fashion_main`): float; TFMOT's default 8-bit QAT; post-training full-integer int8
+(TFLite converter with a representative set, run in the LiteRT interpreter); LSQ uniform
+8/4/3/2; AdaQAT and DQ at 25% and 12.5% of the 8-bit BitOPs and at a weight-memory budget of
+the uniform 2-bit weights + 7%, with the library's default settings; and HGQ2 (PyPI ``hgq2``,
+Keras 3, driven as a subprocess in its own environment, see bench/hgq2_peer.py) at two EBOPs
+penalties. Every QAT row re-estimates BatchNormalization statistics after training
+(:func:`tfadaqat.reestimate_batch_norm`) and also reports its accuracy without that. The model
+is ``models.small_cnn`` at width 16 (about 10,000 parameters), 5 float epochs, then 3 QAT
+epochs per row, batch 128: chosen so that two seeds (13 QAT runs each) fit in about 75 minutes
+on 2 CPU cores. ``--quick`` trains one epoch on a few thousand images to check that every row
+runs.
 
 Run from the repository root:  python -m bench.budget [--epochs 30 --out runs/bench_budget]
                                python -m bench.budget --dataset=fashion_mnist [--quick]
@@ -245,10 +252,9 @@ HGQ2_FOLDS = {"stem_conv": "stem_bn", "block_conv1": "block_bn1", "block_conv2":
               "down_conv": "down_bn"}
 HGQ2_INPUTS = {"stem_conv": "image_quantize_point", "block_conv1": "stem_relu",
                "block_conv2": "block_relu1", "down_conv": "block_out", "logits": "pool"}
-# Chosen so that two seeds fit in ~75 minutes on 2 shared CPU cores: one QAT epoch of the
-# width-16 model on 20,000 images takes ~30 s of CPU, there are 11 QAT runs per seed (TFMOT,
-# 4 LSQ, 3 AdaQAT, 3 DQ; AdaQAT's probe forwards cost ~1.5x), plus float training and
-# evaluation.
+# Chosen so that two seeds fit in ~75 minutes on 2 CPU cores: one float epoch of the width-16
+# model on the 60,000 images takes ~30 s wall, a QAT epoch 35-50 s, HGQ2's a little more; per
+# seed 13 QAT runs (TFMOT, 4 LSQ, 3 AdaQAT, 3 DQ, 2 HGQ2) of 3 epochs plus 5 float epochs.
 
 
 class _Clock:
