@@ -127,8 +127,9 @@ def resnet20_fashion_mnist(method: str) -> ml_collections.ConfigDict:
     of quantization-aware fine-tuning from those weights at learning rate 0.01 (cosine);
     weight decay 2e-4, pad-and-crop by 2 pixels and flip. AdaQAT and DQ start from 8 bits
     under 1/8 of the 8-bit model's BitOPs; LSQ trains uniform 4 bits. BatchNormalization
-    statistics are re-estimated on 50 training batches after quantization-aware training. Trains on the 55,000
-    images of the ``"train"`` split and evaluates on the 10,000 of ``"test"``.
+    statistics are re-estimated on 50 training batches after quantization-aware training.
+    Trains on the 55,000 images of the ``"train"`` split and evaluates on the 10,000 of
+    ``"test"``.
     """
     config = base_config()
     config.dataset = "fashion_mnist"
