@@ -270,3 +270,82 @@ def test_concatenation_inputs_requantized_exactly(requantize_by_convolution, tmp
         assert report.max_output_difference == 0.0, report
     else:
         assert report.max_output_difference >= 1.0, report
+
+
+def _signed_means():
+    inputs = keras.Input((4, 4, 3))
+    x = layers.Conv2D(16, 3, padding="same", name="signed")(inputs)
+    x = layers.Reshape((1, 1, 16))(layers.GlobalAveragePooling2D(name="mean")(x))
+    return keras.Model(inputs, layers.Conv2D(8, 1, name="excite")(x))
+
+
+def test_signed_average_pool_rounds_once(tmp_path):
+    # A MEAN of signed values (grid bottom by a MAXIMUM) before a Reshape, as in the
+    # squeeze-excite blocks of keras.applications: the file must round the mean onto the
+    # output step once (a MEAN on the input's step followed by a QUANTIZE put 24-30% of
+    # EfficientNetV2B0's squeeze-excite means one step off, and this model's outputs 3 off).
+    keras.utils.set_random_seed(0)
+    model = _signed_means()
+    x = np.random.default_rng(1).normal(0.0, 1.0, (64, 4, 4, 3)).astype(np.float32)
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(x, model.predict(x, verbose=0) * 0.5, batch_size=32, epochs=1, verbose=0)
+    plan = export._plan(qmodel)
+    output_grid, input_grid = plan.output_grids["quant_mean"], plan.output_grids["quant_signed"]
+    assert output_grid[1] < 0 and not np.isclose(output_grid[0], input_grid[0])
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
+    assert report.max_output_difference == 0.0, report
+
+
+def test_alignment_puts_rescaling_and_normalization_offsets_on_the_bias_grid(tmp_path):
+    # Exported alone, Rescaling and Normalization are 1x1 depthwise convolutions of weight
+    # 127 and scale |m| / 127 whose int32 bias is the offset in units of input step x scale.
+    keras.utils.set_random_seed(0)
+    model = rescaling_and_normalization()
+    x = _inputs(model, 64)
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(x, model.predict(x, verbose=0), batch_size=32, epochs=1, verbose=0)
+    wrappers = [next(layer for layer in qmodel.layers if layer.name.endswith(name))
+                for name in ("rescale", "normalize")]
+    before = [export.channel_affine_parameters(wrapper.layer)[1] for wrapper in wrappers]
+    tfadaqat.align_biases(qmodel)
+    plan = export._plan(qmodel)
+    for wrapper, offset_before in zip(wrappers, before):  # Rescaling's offset 0 is on it
+        multiplier, offset = export.channel_affine_parameters(wrapper.layer)
+        multiplier = np.broadcast_to(np.asarray(multiplier, np.float64), (3,))
+        unit = (export._input_scale(plan, wrapper.name)
+                * np.abs(multiplier).astype(np.float32) / 127.0)
+        units = np.broadcast_to(offset, (3,)) / unit
+        np.testing.assert_allclose(units, np.round(units), atol=1e-3)
+        # Each offset moved by at most half a bias unit.
+        shift = np.abs(np.broadcast_to(offset, (3,)) - np.broadcast_to(offset_before, (3,)))
+        assert np.all(shift <= unit * (0.5 + 1e-3)), (shift, unit)
+        assert np.any(shift > 0) or wrapper.name.endswith("rescale"), (shift, unit)
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
+    assert report.max_output_difference == 0.0, report
+
+
+def test_failed_export_restores_rescaling_and_normalization_constants(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = rescaling_and_normalization()
+    x = _inputs(model, 32)
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(x, model.predict(x, verbose=0), batch_size=32, epochs=1, verbose=0)
+    rescale = next(layer for layer in qmodel.layers if layer.name.endswith("rescale")).layer
+    normalize = next(layer for layer in qmodel.layers if layer.name.endswith("normalize")).layer
+    saved_offset, saved_mean = rescale.offset, np.array(normalize.mean)
+    before = qmodel.predict(x, verbose=0)
+
+    def fail(*args, **kwargs):
+        assert rescale.offset != saved_offset or not np.array_equal(normalize.mean, saved_mean)
+        raise RuntimeError("verification failed")
+
+    monkeypatch.setattr(export, "_verify", fail)
+    with pytest.raises(RuntimeError, match="verification failed"):
+        export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
+    assert rescale.offset == saved_offset
+    np.testing.assert_array_equal(np.array(normalize.mean), saved_mean)
+    np.testing.assert_array_equal(qmodel.predict(x, verbose=0), before)
+    assert not (tmp_path / "m.tflite").exists()
