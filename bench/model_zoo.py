@@ -188,6 +188,8 @@ def noise_floor(model, x, step: float) -> dict:
     such a change is chaotic at float precision (an untrained deep network in inference mode
     can be), and no integer file can agree with it better than it agrees with itself.
     """
+    from tfadaqat.export import output_agreement  # the parent process imports no TF
+
     expected = model.predict(x, verbose=0)
     variables = [v for v in model.weights if "moving_variance" in v.name]
     if not variables:
@@ -203,12 +205,10 @@ def noise_floor(model, x, step: float) -> dict:
     finally:
         for variable, value in zip(variables, saved):
             variable.assign(value)
-    tops = [np.isclose(y, y.max(-1, keepdims=True), rtol=0, atol=step / 4)
-            for y in (expected, perturbed)]
-    steps = np.abs(perturbed - expected) / step
-    return {"noise_top1": float(np.mean(np.any(tops[0] & tops[1], axis=-1))),
-            "noise_within_two_steps": float(np.mean(steps <= 2.0 + 1e-3)),
-            "noise_max_steps": float(np.max(steps))}
+    agreement = output_agreement(perturbed, expected, step)
+    return {"noise_top1": agreement["top1_agreement"],
+            "noise_within_two_steps": agreement["within_two_steps"],
+            "noise_max_steps": agreement["max_output_difference"]}
 
 
 def run_one(name: str, methods, out: str) -> dict:

@@ -362,3 +362,14 @@ def test_command_line_exports_and_verifies(tmp_path, capsys):
     assert export.main(["--model", model_path, "--out", packed, "--weight-storage", "int4"]) == 0
     assert "int4: 5 of 5 kernels packed" in capsys.readouterr().out
     assert os.path.getsize(packed) < os.path.getsize(out)
+
+
+def test_output_agreement_golden_values():
+    # Step 0.5. Example 0: both put class 1 on top. Example 1: the file ties classes 0 and 2
+    # (within a quarter step), Keras puts 2 on top: agrees, but argmax picks 0 (strict miss).
+    # Example 2: the file's top is 0, Keras's is 1: a miss.
+    outputs = np.array([[0.0, 1.0, 0.5], [1.1, 0.0, 1.0], [2.0, 0.5, 0.0]])
+    expected = np.array([[0.0, 1.5, 0.5], [0.5, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    agreement = export.output_agreement(outputs, expected, 0.5)
+    assert agreement == {"top1_agreement": 2 / 3, "top1_strict_agreement": 1 / 3,
+                         "max_output_difference": 4.0, "within_two_steps": 8 / 9}

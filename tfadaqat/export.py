@@ -354,10 +354,17 @@ def _weight_layer(wrapper, x, plan):
 def _channel_affine(layer, x, plan):
     """``m_c x + o_c`` as an integer 1x1 depthwise convolution (see the module docstring)."""
     multiplier, offset = plan.channel_affines[layer.name]
+    return _depthwise_affine(x, multiplier, offset)
+
+
+def _depthwise_affine(x, multiplier, offset=None):
+    """``m_c x + o_c`` on the last axis of `x` (any rank) by a 1x1 depthwise convolution whose
+    int8 weights are ``127 sign(m_c)`` with scale ``|m_c| / 127``: the file stores ``m_c``
+    exactly, and the converter quantizes ``o_c`` onto the int32 bias grid. No offset: no
+    bias add."""
     shape = x.shape
     channels = int(shape[-1])
     multiplier = np.broadcast_to(multiplier, (channels,)).astype(np.float32)
-    offset = np.broadcast_to(offset, (channels,)).astype(np.float32)
     scale = np.maximum(np.abs(multiplier) / _INT8_WEIGHT_LIMIT, 1e-12).astype(np.float32)
     integers = np.where(multiplier == 0, 0.0, _INT8_WEIGHT_LIMIT * np.sign(multiplier))
     weights = tf.quantization.fake_quant_with_min_max_vars_per_channel(
@@ -366,7 +373,9 @@ def _channel_affine(layer, x, plan):
     image = x if len(shape) == 4 else tf.reshape(
         x, [-1, 1, 1 if len(shape) == 2 else int(np.prod(shape[1:-1])), channels])
     y = tf.nn.depthwise_conv2d(image, tf.reshape(weights, (1, 1, channels, 1)), (1, 1, 1, 1),
-                               "VALID") + tf.constant(offset)
+                               "VALID")
+    if offset is not None:
+        y = y + tf.constant(np.broadcast_to(offset, (channels,)).astype(np.float32))
     return y if len(shape) == 4 else tf.reshape(y, [-1] + [int(d) for d in shape[1:]])
 
 
@@ -468,17 +477,7 @@ def _identity_conv(x):
     XNNPACK runs a plain requantization (QUANTIZE int8 -> int8) with a multiplier of 8
     fractional bits, which moved 0.4% of the values of a concatenation one step off Keras;
     a convolution's requantization uses 32 bits and matches Keras' rounding."""
-    channels = int(x.shape[-1])
-    scale = np.full((channels,), 1.0 / _INT8_WEIGHT_LIMIT, np.float32)
-    weights = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        tf.ones((1, 1, 1, channels), tf.float32), -127.0 * scale, 127.0 * scale, num_bits=8,
-        narrow_range=True)
-    shape = x.shape
-    image = x if len(shape) == 4 else tf.reshape(
-        x, [-1, 1, 1 if len(shape) == 2 else int(np.prod(shape[1:-1])), channels])
-    y = tf.nn.depthwise_conv2d(image, tf.reshape(weights, (1, 1, channels, 1)), (1, 1, 1, 1),
-                               "VALID")
-    return y if len(shape) == 4 else tf.reshape(y, [-1] + [int(d) for d in shape[1:]])
+    return _depthwise_affine(x, 1.0)
 
 
 def _fake_quant_on_grid(y, scale: float, low: int, high: int):
@@ -1029,15 +1028,35 @@ def _verify(model, interpreter, data, report: ExportReport) -> None:
         results.append(output[0])
     results = np.stack(results)
     report.examples = len(images)
-    tops_file = np.isclose(results, results.max(-1, keepdims=True), rtol=0, atol=step / 4)
-    tops_keras = np.isclose(expected, expected.max(-1, keepdims=True), rtol=0, atol=step / 4)
-    report.top1_agreement = float(np.mean(np.any(tops_file & tops_keras, axis=-1)))
-    report.top1_strict_agreement = float(np.mean(np.argmax(results, -1)
-                                                 == np.argmax(expected, -1)))
-    steps = np.abs(results - expected) / step
-    report.max_output_difference = float(np.max(steps))
-    report.within_two_steps = float(np.mean(steps <= 2.0 + 1e-3))
+    for name, value in output_agreement(results, expected, step).items():
+        setattr(report, name, value)
     report.output_step = float(step)
+
+
+def output_agreement(outputs: np.ndarray, expected: np.ndarray, step: float
+                     ) -> Dict[str, float]:
+    """How far `outputs` are from `expected` (both ``[examples, ..., classes]``), as in
+    :class:`ExportReport`.
+
+    Args:
+      outputs: The outputs to judge (the file's).
+      expected: The reference (the Keras model's).
+      step: The output grid's step: differences are counted in it, and values within a
+        quarter of it of the largest are tied at the top.
+
+    Returns:
+      ``top1_agreement`` (some class is at the top of both; ties count once),
+      ``top1_strict_agreement`` (``argmax`` equal, ties broken by index),
+      ``max_output_difference`` (in steps) and ``within_two_steps`` (share of values).
+    """
+    tops = [np.isclose(values, values.max(-1, keepdims=True), rtol=0, atol=step / 4)
+            for values in (outputs, expected)]
+    steps = np.abs(outputs - expected) / step
+    return {"top1_agreement": float(np.mean(np.any(tops[0] & tops[1], axis=-1))),
+            "top1_strict_agreement": float(np.mean(np.argmax(outputs, -1)
+                                                   == np.argmax(expected, -1))),
+            "max_output_difference": float(np.max(steps)),
+            "within_two_steps": float(np.mean(steps <= 2.0 + 1e-3))}
 
 
 def _digits_like(model) -> np.ndarray:

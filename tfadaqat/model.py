@@ -78,8 +78,7 @@ class QuantizedModel(keras.Model):
         """A model with DQ quantizers and a budget gets the pressure weight (saved with it)."""
         if self._tfadaqat_budget is None or self._dq_pressure is not None:
             return
-        if any(isinstance(quantizer, DQQuantizer)
-               for _, _, quantizer, _, _ in quantized_tensors(self)):
+        if self._dq_parameters():
             self._dq_pressure = self.add_weight(
                 "dq_budget_pressure", shape=(), dtype=tf.float32,
                 initializer=keras.initializers.Constant(1.0), trainable=False,
