@@ -76,6 +76,11 @@ flags.DEFINE_integer("fashion_float_epochs", 5, "fashion_mnist: float epochs.", 
 flags.DEFINE_integer("fashion_epochs", 3, "fashion_mnist: QAT epochs per run.", lower_bound=1)
 flags.DEFINE_list("hgq2_betas", ["1e-8", "3e-8"], "fashion_mnist: HGQ2's EBOPs penalties, one "
                   "HGQ2 row each (chosen so its BitOPs land near the 25% and 12.5% budgets).")
+flags.DEFINE_list("hgq2_initial_bits", ["4", "3"], "fashion_mnist: HGQ2's initial bit-widths "
+                  "(weights and inputs), one per --hgq2_betas entry: the uniform bits of each "
+                  "budget (4 x 4 bits = 25% of 8 x 8; 3 x 3 = 14%). From HGQ2's default 8 bits, "
+                  "3 epochs at Adam 1e-3 moved its bits by less than one (0.78-0.84 of 8-bit "
+                  "BitOPs at penalties 1e-8 and 3e-8).")
 flags.DEFINE_string("hgq2_python", None, "fashion_mnist: Python of an environment with hgq2 "
                     "(default: .venv-hgq2, created with `make hgq2` when missing).")
 flags.DEFINE_integer("fashion_batch_size", 128, "fashion_mnist: batch size.", lower_bound=1)
@@ -446,9 +451,12 @@ def _hgq2_rows(data, settings, seed, float_model, reference):
 
     HGQ2 starts from `float_model`'s weights with each BatchNormalization folded into its
     convolution, trains as long as the tfadaqat rows with the same optimizer and schedule, once
-    per EBOPs penalty in ``--hgq2_betas``; its per-element bit-widths come back as per-layer
+    per EBOPs penalty in ``--hgq2_betas`` from the matching ``--hgq2_initial_bits``; its per-element bit-widths come back as per-layer
     means, priced here with :func:`tfadaqat.cost` on `reference` like every other row.
     """
+    if len(FLAGS.hgq2_betas) != len(FLAGS.hgq2_initial_bits):
+        raise ValueError(f"--hgq2_betas ({len(FLAGS.hgq2_betas)}) and --hgq2_initial_bits "
+                         f"({len(FLAGS.hgq2_initial_bits)}) need one entry each per HGQ2 row")
     python = _hgq2_python()
     train_x, test_x, train_y, test_y = data
     arrays = {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
@@ -462,7 +470,8 @@ def _hgq2_rows(data, settings, seed, float_model, reference):
     with open(paths["json"], "w") as handle:
         json.dump({"seed": seed, "width": settings["width"], "epochs": settings["epochs"],
                    "batch_size": settings["batch_size"], "learning_rate": 1e-3,
-                   "betas": [float(beta) for beta in FLAGS.hgq2_betas]}, handle)
+                   "runs": [{"beta": float(beta), "initial_bits": int(bits)} for beta, bits
+                            in zip(FLAGS.hgq2_betas, FLAGS.hgq2_initial_bits)]}, handle)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hgq2_peer.py")
     completed = subprocess.run([python, script, "--data", paths["npz"], "--settings",
                                 paths["json"], "--out", paths["rows.json"]],
@@ -481,7 +490,8 @@ def _hgq2_rows(data, settings, seed, float_model, reference):
             producer = HGQ2_INPUTS[layer_name]
             bits[producer]["output"] = layer_bits["input"]
         model_cost = tfadaqat.cost(reference, bits=bits)
-        rows.append({"run": f"hgq2 beta {peer['beta']:g}", "accuracy": peer["accuracy"],
+        rows.append({"run": f"hgq2 beta {peer['beta']:g} from {peer['initial_bits']} bits",
+                     "accuracy": peer["accuracy"],
                      "bitops": int(model_cost.bitops),
                      "fraction_of_8bit": model_cost.bitops / eight_bit.bitops,
                      "weight_kb": model_cost.weight_kb,

@@ -5,7 +5,7 @@ file with the Python of a separate virtual environment (``make .venv-hgq2``) and
 everything through files: an ``.npz`` with the training and test images and the float model's
 weights with its BatchNormalizations folded into the convolutions (so HGQ2 starts from the
 same function as every tfadaqat row), and a JSON of settings. It writes one JSON object per
-EBOPs penalty: test accuracy, seconds per epoch, and the per-layer means of HGQ2's per-element
+EBOPs penalty and initial bit-width: test accuracy, seconds per epoch, and the per-layer means of HGQ2's per-element
 bit-widths (weights and layer inputs), from which bench/budget prices BitOPs with
 ``tfadaqat.cost`` like every other row.
 
@@ -36,10 +36,18 @@ import numpy as np  # noqa: E402
 CONVOLUTIONS = ("stem_conv", "block_conv1", "block_conv2", "down_conv")
 
 
-def build(keras, hgq, image_shape, width: int, beta: float):
-    """small_cnn with folded BatchNormalization, as HGQ2 layers (names as in small_cnn)."""
+def build(keras, hgq, image_shape, width: int, beta: float, initial_bits: int):
+    """small_cnn with folded BatchNormalization, as HGQ2 layers (names as in small_cnn).
+
+    Kernels start at `initial_bits` (HGQ2's ``kbi`` weights: ``b0``), layer inputs at
+    `initial_bits` with 2 integer bits (its ``kif`` data lanes: ``i0 = 2``, ``f0 =
+    initial_bits - 2``, at least 0); HGQ2 learns every element's bits from there.
+    """
     layers = keras.layers
-    with hgq.config.LayerConfigScope(beta0=beta, enable_ebops=True):
+    with hgq.config.QuantizerConfigScope(place="weight", b0=initial_bits), \
+            hgq.config.QuantizerConfigScope(place="datalane", i0=2,
+                                            f0=max(initial_bits - 2, 0)), \
+            hgq.config.LayerConfigScope(beta0=beta, enable_ebops=True):
         inputs = keras.Input(image_shape, name="image")
         x = hgq.layers.QConv2D(width, 3, padding="same", name="stem_conv")(inputs)
         x = layers.ReLU(name="stem_relu")(x)
@@ -80,9 +88,10 @@ def run(arguments) -> list:
     train_x, train_y = data["train_x"], data["train_y"]
     test_x, test_y = data["test_x"], data["test_y"]
     rows = []
-    for beta in settings["betas"]:
+    for run_settings in settings["runs"]:
+        beta, initial_bits = run_settings["beta"], run_settings["initial_bits"]
         keras.utils.set_random_seed(settings["seed"])
-        model = build(keras, hgq, train_x.shape[1:], settings["width"], beta)
+        model = build(keras, hgq, train_x.shape[1:], settings["width"], beta, initial_bits)
         for name in CONVOLUTIONS + ("logits",):
             # set_weights would also take every quantizer variable: assign the two directly.
             layer = model.get_layer(name)
@@ -101,10 +110,11 @@ def run(arguments) -> list:
         # HGQ2's bit-widths of the input quantizers are fixed by calibration on data seen in
         # training; evaluate in inference mode, as every other row.
         accuracy = float(model.evaluate(test_x, test_y, batch_size=500, verbose=0)[1])
-        rows.append({"beta": beta, "accuracy": accuracy, "bits": layer_bits(model),
+        rows.append({"beta": beta, "initial_bits": initial_bits, "accuracy": accuracy, "bits": layer_bits(model),
                      "wall_s_per_epoch": wall / settings["epochs"],
                      "cpu_s_per_epoch": cpu / settings["epochs"]})
-        print(f"hgq2 beta {beta:g}: accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
+        print(f"hgq2 beta {beta:g} from {initial_bits} bits: accuracy {accuracy:.4f}",
+              file=sys.stderr, flush=True)
     return rows
 
 
