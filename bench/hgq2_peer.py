@@ -5,9 +5,9 @@ file with the Python of a separate virtual environment (``make .venv-hgq2``) and
 everything through files: an ``.npz`` with the training and test images and the float model's
 weights with its BatchNormalizations folded into the convolutions (so HGQ2 starts from the
 same function as every tfadaqat row), and a JSON of settings. It writes one JSON object per
-EBOPs penalty and initial bit-width: test accuracy, seconds per epoch, and the per-layer means of HGQ2's per-element
-bit-widths (weights and layer inputs), from which bench/budget prices BitOPs with
-``tfadaqat.cost`` like every other row.
+run (an EBOPs penalty and the bit-width HGQ2 starts from): test accuracy, seconds per epoch,
+and the per-layer means of HGQ2's per-element bit-widths (weights and layer inputs), from
+which bench/budget prices BitOPs with ``tfadaqat.cost`` like every other row.
 
 The architecture is ``models.small_cnn`` with each Conv+BN folded into one convolution with a
 bias: stem conv, a residual block of two convs, a strided conv, global average pooling and the
