@@ -456,13 +456,16 @@ def _quantize_output(wrapper, y, plan):
         # Zero point 127 - high puts int8's top at high * scale: the kernel's own saturation
         # clamps there, and its fused ReLU at 0, with no MINIMUM op.
         return _int8_fake_quant(y, scale, high)
-    # Signed: the same top at high * scale; the bottom needs one MAXIMUM op, unless the layer
-    # is a pooling whose input cannot take it below the grid's bottom (low - 1/2 steps): the
-    # MAXIMUM after a MEAN made the converter give the MEAN another scale and requantize after
-    # it, a second rounding that put 24-30% of EfficientNetV2B0's squeeze-excite means one
-    # step away from Keras's.
+    # Signed: the same top at high * scale; the bottom needs one MAXIMUM op, except after an
+    # average pool. There a MAXIMUM made the converter give the MEAN the input's scale and
+    # requantize after it (a second rounding: 24-30% of EfficientNetV2B0's squeeze-excite
+    # means one step off Keras's), or refuse the MAXIMUM when the two steps are close
+    # (MobileNetV3Small). Without it the file's int8 has one code below a symmetric grid's
+    # bottom (-128 against -127): a mean rounds there only when nearly every value it averages
+    # sits at the input grid's bottom, which the signed inputs of squeeze-excite pools
+    # (swish, hard-swish) never reach.
     if kind_of(wrapper.layer).name == "average_pool":
-        return _fake_quant_on_grid(_int8_fake_quant(y, scale, high), scale, low, high)
+        return _int8_fake_quant(y, scale, high)
     return _fake_quant_on_grid(y, scale, low, high)
 
 
