@@ -297,11 +297,23 @@ def test_signed_average_pool_rounds_once(tmp_path):
     assert report.max_output_difference == 0.0, report
 
 
-def test_alignment_puts_rescaling_and_normalization_offsets_on_the_bias_grid(tmp_path):
+def _rescaling_and_adapted_normalization():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    normalization = layers.Normalization(name="normalize")
+    normalization.adapt(np.random.default_rng(2).uniform(0.2, 0.9, (16, 8, 8, 3)))
+    x = layers.GlobalAveragePooling2D()(_conv_block(normalization(x)))
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+@pytest.mark.parametrize("builder", [rescaling_and_normalization,
+                                     _rescaling_and_adapted_normalization], ids=str)
+def test_alignment_puts_rescaling_and_normalization_offsets_on_the_bias_grid(builder, tmp_path):
     # Exported alone, Rescaling and Normalization are 1x1 depthwise convolutions of weight
     # 127 and scale |m| / 127 whose int32 bias is the offset in units of input step x scale.
+    # A Normalization given its mean keeps it in a constant, an adapted one in a variable.
     keras.utils.set_random_seed(0)
-    model = rescaling_and_normalization()
+    model = builder()
     x = _inputs(model, 64)
     qmodel = tfadaqat.quantize_model(model, "lsq")
     qmodel.compile(keras.optimizers.Adam(1e-3), "mse")

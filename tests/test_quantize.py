@@ -303,3 +303,26 @@ def test_bad_layer_bits_are_refused(layer_bits, message):
     if "first" in layer_bits:
         with pytest.raises(ValueError, match=r"layer_bits\['first'\] must"):
             tfadaqat.quantize_model(model, "dq", layer_bits={"first": 12})
+
+
+def test_adapted_normalization_keeps_its_statistics(tmp_path):
+    # An adapted Normalization holds its statistics in variables and normalizes with tensors
+    # computed from them; rebuilt by quantize_model (and by loading) it normalized with the
+    # tensors of a fresh build (mean 0, variance 1).
+    inputs = keras.Input((4, 4, 3))
+    normalization = keras.layers.Normalization(name="normalize")
+    data = np.random.default_rng(0).uniform(0.2, 0.9, (16, 4, 4, 3)).astype(np.float32)
+    normalization.adapt(data)
+    outputs = keras.layers.Conv2D(2, 1, name="conv")(normalization(inputs))
+    model = keras.Model(inputs, outputs)
+    expected_mean = data.reshape(-1, 3).mean(0)
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    qmodel.predict(data, verbose=0)  # initialises the quantizers
+    path = str(tmp_path / "q.keras")
+    qmodel.save(path)
+    for candidate in (qmodel, tfadaqat.load_model(path)):
+        layer = next(layer for layer in candidate.layers if layer.name.endswith("normalize"))
+        inner = getattr(layer, "layer", layer)
+        np.testing.assert_allclose(np.array(inner.mean).ravel(), expected_mean, rtol=1e-5)
+        np.testing.assert_allclose(np.array(inner.variance).ravel(),
+                                   data.reshape(-1, 3).var(0), rtol=1e-4)

@@ -167,6 +167,7 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         applied = tfmot.quantization.keras.quantize_apply(
             annotated, scheme=_AnnotatedOnlyScheme(), quantized_layer_name_prefix="quant_")
         quantized = _rebuild_from_config(applied)
+    _finalize_adapted_normalizations(quantized)
     if budget is not None:
         resolved = budget.resolve(quantized)
         quantized.set_budget(resolved, _penalty_weights(resolved, cost_weight))
@@ -393,4 +394,21 @@ def quantize_scope():
 def load_model(path, **kwargs):
     """Loads a model saved with ``model.save(path)``, quantizer variables included."""
     with quantize_scope():
-        return keras.models.load_model(path, **kwargs)
+        model = keras.models.load_model(path, **kwargs)
+    _finalize_adapted_normalizations(model)
+    return model
+
+
+def _finalize_adapted_normalizations(model) -> None:
+    """Recomputes the mean and variance an adapted Normalization normalizes with.
+
+    tf-keras keeps an adapted Normalization's statistics in variables (``adapt_mean``,
+    ``adapt_variance``) and normalizes with tensors computed from them by ``finalize_state``;
+    a layer rebuilt and given the variables' values by ``set_weights`` (cloning, quantize_apply,
+    loading) still held the tensors of its fresh build (mean 0, variance 1).
+    """
+    for layer in model.layers:
+        inner = unwrapped_layer(layer)
+        if (isinstance(inner, keras.layers.Normalization) and inner.built
+                and inner.input_mean is None):
+            inner.finalize_state()
