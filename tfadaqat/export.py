@@ -456,17 +456,28 @@ def _quantize_output(wrapper, y, plan):
         # Zero point 127 - high puts int8's top at high * scale: the kernel's own saturation
         # clamps there, and its fused ReLU at 0, with no MINIMUM op.
         return _int8_fake_quant(y, scale, high)
-    # Signed: the same top at high * scale; the bottom needs one MAXIMUM op, except after an
-    # average pool. There a MAXIMUM made the converter give the MEAN the input's scale and
+    # Signed: the same top at high * scale; the bottom needs one MAXIMUM op. After an average
+    # pool whose input cannot take the mean below the grid's bottom (low - 1/2 steps) the clamp
+    # is left out: there a MAXIMUM made the converter give the MEAN the input's scale and
     # requantize after it (a second rounding: 24-30% of EfficientNetV2B0's squeeze-excite
     # means one step off Keras's), or refuse the MAXIMUM when the two steps are close
-    # (MobileNetV3Small). Without it the file's int8 has one code below a symmetric grid's
-    # bottom (-128 against -127): a mean rounds there only when nearly every value it averages
-    # sits at the input grid's bottom, which the signed inputs of squeeze-excite pools
-    # (swish, hard-swish) never reach.
+    # (MobileNetV3Small). Where the mean can go below it (an output step finer than the
+    # input's), the int8 range reaches (high - 255) steps, far below a low-bit grid's bottom:
+    # the mean is rounded onto the grid first, then an exact identity convolution (a MAXIMUM
+    # right after the MEAN is what the converter mishandles) carries it to the clamp.
     if kind_of(wrapper.layer).name == "average_pool":
-        return _int8_fake_quant(y, scale, high)
+        y = _int8_fake_quant(y, scale, high)
+        if _mean_stays_on_grid(plan, wrapper.name, scale, low):
+            return y
+        return _fake_quant_on_grid(_int8_fake_quant(_identity_conv(y), scale, high), scale,
+                                   low, high)
     return _fake_quant_on_grid(y, scale, low, high)
+
+
+def _mean_stays_on_grid(plan, layer_name: str, scale: float, low: int) -> bool:
+    """Whether an average of the layer's input can never round below ``low x scale``."""
+    grid = _input_grid(plan, layer_name)
+    return grid is not None and grid[0] * grid[1] >= (low - 0.5) * scale
 
 
 def _same_step(grid, scale: float) -> bool:
