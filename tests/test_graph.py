@@ -65,3 +65,7 @@ def test_keras_applications_custom_layers_are_rewritten():
     classes, names = _rewritten(keras.Model(inputs, outputs), _images((4, 4, 3)))
     assert "LayerScale" not in classes and "CustomScaleLayer" not in classes
     assert {"layer_scale", "residual", "residual_scale"} <= names
+    flat = tfadaqat.flatten_model(keras.Model(inputs, outputs))
+    # LayerScale trains its multiplier only: no offset weight appears beside it.
+    assert [w.name.split("/")[-1] for w in flat.get_layer("layer_scale").trainable_weights] \
+        == ["multiplier:0"]

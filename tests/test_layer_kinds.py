@@ -110,6 +110,16 @@ def gelu_on_feature_map_dense():
     return keras.Model(inputs, layers.Dense(5, name="logits")(x))
 
 
+def layer_scale_residual():
+    """ConvNeXt's LayerScale (a trained per-channel multiplier, no offset) on a residual."""
+    from tf_keras.src.applications.convnext import LayerScale
+    inputs = keras.Input((8, 8, 3))
+    x = _conv_block(inputs)
+    scaled = LayerScale(0.5, 4, name="layer_scale")(layers.Conv2D(4, 1, name="branch")(x))
+    x = layers.GlobalAveragePooling2D()(layers.Add(name="residual")([x, scaled]))
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
 def conv1d_sequence():
     inputs = keras.Input((16, 4))
     x = layers.Conv1D(6, 3, padding="same", use_bias=False, name="conv1d")(inputs)
@@ -120,14 +130,14 @@ def conv1d_sequence():
 
 
 MODELS = {model.__name__: model for model in (
-    conv1d_sequence,
+    conv1d_sequence, layer_scale_residual,
     softmax_head, sigmoid_and_tanh, squeeze_excite_swish, hard_swish_operators,
     rescaling_and_normalization, preactivation_batch_norm, separable, dense_batch_norm,
     transpose_and_resizing, gelu_on_feature_map_dense)}
 REGRESSION = ("dense_batch_norm", "transpose_and_resizing")
 CLASSIFIERS = tuple(name for name in MODELS if name not in REGRESSION)
 EXPECTED_OPS = {
-    "conv1d_sequence": {"CONV_2D"},
+    "conv1d_sequence": {"CONV_2D"}, "layer_scale_residual": {"DEPTHWISE_CONV_2D", "ADD"},
     "softmax_head": {"SOFTMAX"}, "sigmoid_and_tanh": {"LOGISTIC", "TANH", "MUL"},
     "squeeze_excite_swish": {"LOGISTIC", "MUL"}, "hard_swish_operators": {"MUL"},
     "rescaling_and_normalization": {"DEPTHWISE_CONV_2D"},

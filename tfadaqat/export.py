@@ -392,7 +392,8 @@ def channel_affine_parameters(layer) -> Tuple[np.ndarray, np.ndarray]:
         if layer.invert:
             return deviation, mean
         return 1.0 / deviation, -mean / deviation
-    return layer.multiplier.numpy(), layer.offset.numpy()
+    return (layer.multiplier.numpy(),
+            np.float32(0.0) if layer.offset is None else layer.offset.numpy())
 
 
 _ACTIVATION_OPS = {"softmax": tf.nn.softmax, "sigmoid": tf.sigmoid, "tanh": tf.tanh,
@@ -768,6 +769,9 @@ def _move_offset(layer, shift: np.ndarray, multiplier: np.ndarray) -> None:
     if isinstance(layer, _layers.BatchNormalization):
         layer.beta.assign((layer.beta.numpy() + _per_channel(shift, layer.beta.shape))
                           .astype(np.float32))
+    elif isinstance(layer, ChannelAffine) and layer.offset is None:
+        if np.any(shift != 0):  # a zero offset is on every grid: nothing to move
+            raise ValueError(f"layer {layer.name!r} has no offset to move by {shift}")
     elif isinstance(layer, ChannelAffine):
         layer.offset.assign((layer.offset.numpy() + _per_channel(shift, layer.offset.shape))
                             .astype(np.float32))

@@ -112,7 +112,7 @@ def _rewrite(layer, args, kwargs) -> Optional[Callable[[], Any]]:
             residual, ChannelAffine(float(layer.scale), 0.0, trainable=False,
                                     name=f"{layer.name}_scale")(branch)])
     if name == "LayerScale":  # keras.applications.ConvNeXt
-        return lambda: ChannelAffine(layer.gamma.numpy().tolist(), 0.0,
+        return lambda: ChannelAffine(layer.gamma.numpy().tolist(), None,
                                      name=layer.name)(args[0])
     return None
 

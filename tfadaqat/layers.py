@@ -7,7 +7,7 @@ what the piece computes, it is one of these.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,7 +25,9 @@ class ChannelAffine(keras.layers.Layer):
 
     Args:
       multiplier: Initial multiplier: a float, or one per channel.
-      offset: Initial offset: a float, or one per channel.
+      offset: Initial offset: a float, or one per channel; None for none at all (``LayerScale``
+        has none: a trainable scalar offset would be a parameter it lacks, and one that the
+        export could not align per channel).
       trainable: Whether the multiplier and offset are trained (``LayerScale``'s are).
 
     Example:
@@ -33,13 +35,13 @@ class ChannelAffine(keras.layers.Layer):
       [[3.0, 5.0]]
     """
 
-    def __init__(self, multiplier: Values = 1.0, offset: Values = 0.0, **kwargs):
+    def __init__(self, multiplier: Values = 1.0, offset: Optional[Values] = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.initial_multiplier = np.asarray(multiplier, np.float32)
-        self.initial_offset = np.asarray(offset, np.float32)
+        self.initial_offset = None if offset is None else np.asarray(offset, np.float32)
         for name, value in (("multiplier", self.initial_multiplier),
                             ("offset", self.initial_offset)):
-            if value.ndim > 1:
+            if value is not None and value.ndim > 1:
                 raise ValueError(f"{name} must be a float or a list of per-channel floats, "
                                  f"got shape {value.shape}")
 
@@ -47,17 +49,18 @@ class ChannelAffine(keras.layers.Layer):
         self.multiplier = self.add_weight(
             "multiplier", shape=self.initial_multiplier.shape,
             initializer=keras.initializers.Constant(self.initial_multiplier))
-        self.offset = self.add_weight(
+        self.offset = None if self.initial_offset is None else self.add_weight(
             "offset", shape=self.initial_offset.shape,
             initializer=keras.initializers.Constant(self.initial_offset))
         super().build(input_shape)
 
     def call(self, inputs):
-        return inputs * self.multiplier + self.offset
+        scaled = inputs * self.multiplier
+        return scaled if self.offset is None else scaled + self.offset
 
     def get_config(self) -> Dict[str, Any]:
         return {**super().get_config(), "multiplier": self.initial_multiplier.tolist(),
-                "offset": self.initial_offset.tolist()}
+                "offset": None if self.initial_offset is None else self.initial_offset.tolist()}
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
