@@ -32,3 +32,29 @@ def test_targets_are_checked_against_tfmot():
         {"method": "dq", "ok": False, "error": "ValueError: x"}]}
     checks = dict(model_zoo._check(result))
     assert list(checks.values()) == [True, False, False, False]
+
+
+def test_agreement_below_a_chaotic_noise_floor_is_not_a_verdict():
+    """A miss where Keras misses the target against itself too is None (counted apart); a
+    miss beside a stable noise floor stays a miss."""
+    noise = {"noise_max_steps": 9.0, "noise_within_two_steps": 0.99}
+    result = {"model": "EfficientNetB0", "rows": [
+        {"method": "tfmot", "ok": False},
+        {"method": "adaqat", "ok": True, "top1": 0.92, "noise_top1": 0.97, **noise},
+        {"method": "dq", "ok": True, "top1": 0.92, "noise_top1": 1.0, **noise},
+        {"method": "lsq", "ok": True, "top1": 1.0, "noise_top1": 0.97, **noise}]}
+    verdicts = [verdict for _, verdict in model_zoo._check(result)]
+    assert verdicts == [True, None, True, False, True, True]
+
+
+def test_noise_floor_restores_the_model(tmp_path):
+    """The perturbed weights are put back: the model predicts exactly as before."""
+    import numpy as np
+    import tfadaqat
+    model = model_zoo.build("anomaly_autoencoder")
+    x, _, _ = model_zoo.data("anomaly_autoencoder", model)
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    before = qmodel.predict(x, verbose=0)
+    floor = model_zoo.noise_floor(qmodel, x, step=0.01)
+    np.testing.assert_array_equal(qmodel.predict(x, verbose=0), before)
+    assert 0.0 <= floor["noise_within_two_steps"] <= 1.0
