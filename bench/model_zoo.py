@@ -248,11 +248,11 @@ def _check(result: dict):
         note = ""
         if floor is not None:
             note = (f" (Keras vs itself under float noise: top-1 {row['noise_top1']:.4f}, "
-                    f"max {row['noise_max_steps']:.0f} steps, "
+                    f"max {row.get('noise_max_steps', float('nan')):.0f} steps, "
                     f"{row['noise_within_two_steps']:.4f} within 2 steps)")
         text = (f"{row['within_two_steps']:.4f} of outputs within 2 steps" if key != "top1"
                 else f"top-1 agreement {row['top1']:.4f}")
-        verdict = row[key] >= AGREEMENT
+        verdict = bool(row[key] >= AGREEMENT)
         if not verdict and floor is not None and floor < AGREEMENT:
             verdict = None
         checks.append((f"{label}: {text} >= {AGREEMENT}{note}", verdict))
@@ -355,6 +355,7 @@ def main(argv) -> int:
           "measurable (the Keras model misses the agreement target against itself under "
           "float noise)")
     return 1 if counts[False] else 0
+
 
 if __name__ == "__main__":
     app.run(main)
