@@ -1,8 +1,10 @@
 """A CI-sized part of bench/model_zoo: models nobody here wrote, and the microcontroller-style
 models, through quantize -> fit -> export -> LiteRT, with the bench's own row functions."""
 
+import numpy as np
 import pytest
 
+import tfadaqat
 from bench import model_zoo
 
 
@@ -47,10 +49,8 @@ def test_agreement_below_a_chaotic_noise_floor_is_not_a_verdict():
     assert verdicts == [True, None, True, False, True, True]
 
 
-def test_noise_floor_restores_the_model(tmp_path):
+def test_noise_floor_restores_the_model():
     """The perturbed weights are put back: the model predicts exactly as before."""
-    import numpy as np
-    import tfadaqat
     model = model_zoo.build("anomaly_autoencoder")
     x, _, _ = model_zoo.data("anomaly_autoencoder", model)
     qmodel = tfadaqat.quantize_model(model, "lsq")
