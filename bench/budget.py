@@ -331,13 +331,29 @@ def _evaluate(model, data) -> float:
     return float(model.evaluate(test_x, test_y, batch_size=500, verbose=0)[1])
 
 
+def _training_mode_accuracy(model, data) -> float:
+    """Test accuracy with every BatchNormalization normalising each batch of 500 with its own
+    statistics, as in training; every variable is restored afterwards."""
+    _, test_x, _, test_y = data
+    saved = [variable.numpy() for variable in model.weights]
+    correct = 0
+    for start in range(0, len(test_x), 500):
+        logits = model(test_x[start:start + 500], training=True)
+        correct += int(np.sum(np.argmax(logits, axis=-1) == test_y[start:start + 500]))
+    for variable, value in zip(model.weights, saved):
+        variable.assign(value)
+    return correct / len(test_x)
+
+
 def _reestimated_accuracy(model, data, settings) -> dict:
     """Test accuracy after :func:`tfadaqat.reestimate_batch_norm` on training images (the
-    moving statistics of the trained grids), and before it."""
+    statistics of the trained grids), before it, and in training mode."""
     before = _evaluate(model, data)
+    training_mode = _training_mode_accuracy(model, data)
     tfadaqat.reestimate_batch_norm(model, data[0], batches=REESTIMATION_BATCHES,
                                    batch_size=settings["batch_size"])
-    return {"accuracy": _evaluate(model, data), "accuracy_without_reestimation": before}
+    return {"accuracy": _evaluate(model, data), "accuracy_without_reestimation": before,
+            "training_mode_accuracy": training_mode}
 
 
 def _tfmot_row(float_model, data, settings, seed, reference):
@@ -414,7 +430,9 @@ def _fashion_seed(data, settings, seed):
                   "per epoch")
         without = row.get("accuracy_without_reestimation")
         print(f"  seed {seed}  {row['run']:<26} accuracy {row['accuracy']:.4f}"
-              + (f" ({without:.4f} without BN re-estimation)" if without is not None else "")
+              + (f" ({without:.4f} without BN re-estimation, "
+                 f"{row['training_mode_accuracy']:.4f} in training mode)"
+                 if without is not None else "")
               + "  "
               f"{row['fraction_of_8bit']:.4f} of 8-bit BitOPs{timing}", flush=True)
         rows.append(row)
@@ -451,8 +469,8 @@ def _hgq2_rows(data, settings, seed, float_model, reference):
 
     HGQ2 starts from `float_model`'s weights with each BatchNormalization folded into its
     convolution, trains as long as the tfadaqat rows with the same optimizer and schedule, once
-    per EBOPs penalty in ``--hgq2_betas`` from the matching ``--hgq2_initial_bits``; its per-element bit-widths come back as per-layer
-    means, priced here with :func:`tfadaqat.cost` on `reference` like every other row.
+    per EBOPs penalty in ``--hgq2_betas`` from the matching ``--hgq2_initial_bits``; its
+    per-element bit-widths come back as per-layer means, priced here with :func:`tfadaqat.cost` on `reference` like every other row.
     """
     if len(FLAGS.hgq2_betas) != len(FLAGS.hgq2_initial_bits):
         raise ValueError(f"--hgq2_betas ({len(FLAGS.hgq2_betas)}) and --hgq2_initial_bits "
@@ -546,8 +564,9 @@ def _aggregate(per_seed):
         row = {"run": first["run"], "accuracy": statistics.mean(accuracies),
                "accuracy_spread": max(accuracies) - min(accuracies),
                "accuracies": accuracies, "bits": [run["bits"] for run in runs]}
-        for key in ("accuracy_without_reestimation", "bitops", "fraction_of_8bit", "weight_kb",
-                    "budget_ratio", "wall_s_per_epoch", "cpu_s_per_epoch"):
+        for key in ("accuracy_without_reestimation", "training_mode_accuracy", "bitops",
+                    "fraction_of_8bit", "weight_kb", "budget_ratio", "wall_s_per_epoch",
+                    "cpu_s_per_epoch"):
             values = [run.get(key) for run in runs]
             if all(value is not None for value in values):
                 row[key] = statistics.mean(values)
@@ -558,7 +577,8 @@ def _aggregate(per_seed):
 
 
 def _fashion_table(rows) -> str:
-    header = (f"{'run':<26} {'accuracy':>8} {'spread':>7} {'no BN re':>8} {'x 8-bit':>8} "
+    header = (f"{'run':<26} {'accuracy':>8} {'spread':>7} {'no BN re':>8} {'train md':>8} "
+              f"{'x 8-bit':>8} "
               f"{'weight KB':>9} "
               f"{'budget':>7} {'s/ep':>5} {'cpu/ep':>6}  bits per layer, seed {FLAGS.seeds[0]} "
               "(kernels | activations)")
@@ -569,8 +589,11 @@ def _fashion_table(rows) -> str:
         cpu = f"{row['cpu_s_per_epoch']:.0f}" if "cpu_s_per_epoch" in row else "-"
         without = (f"{row['accuracy_without_reestimation']:.4f}"
                    if "accuracy_without_reestimation" in row else "-")
+        training_mode = (f"{row['training_mode_accuracy']:.4f}"
+                         if "training_mode_accuracy" in row else "-")
         lines.append(f"{row['run']:<26} {row['accuracy']:>8.4f} {row['accuracy_spread']:>7.4f} "
-                     f"{without:>8} {row['fraction_of_8bit']:>8.4f} {row['weight_kb']:>9.2f} "
+                     f"{without:>8} {training_mode:>8} {row['fraction_of_8bit']:>8.4f} "
+                     f"{row['weight_kb']:>9.2f} "
                      f"{ratio:>7} {wall:>5} {cpu:>6}  {row['bits'][0]}")
     return "\n".join(lines)
 
