@@ -25,8 +25,14 @@ def test_two_replicas_learn_the_same_bits_as_one_device(method):
     for key, value in single["relaxed"].items():
         assert mirrored["relaxed"][key] == pytest.approx(value, abs=1e-4)
     assert mirrored["prices"] == pytest.approx(single["prices"], abs=1e-4)
+    assert mirrored["scalars"].keys() == single["scalars"].keys()
+    for key, value in single["scalars"].items():
+        assert mirrored["scalars"][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
     if method.startswith("adaqat"):  # the rule did move bits, so the comparison means something
         assert any(value < 8.0 for value in single["relaxed"].values())
     else:
         kernel_bits = [bits["kernel"] for bits in single["bits"].values() if "kernel" in bits]
         assert min(kernel_bits) < 8
+        # DQ's budget pressure grew, and its steps were among the values compared.
+        assert single["scalars"]["dq_pressure"] > 1.0
+        assert any(key.endswith("/step") for key in single["scalars"])
