@@ -1,6 +1,6 @@
 """NumPy re-implementation of tfadaqat's quantizer math: the independent oracle of the tests.
 
-Written from the formulas in the docstrings of :mod:`tfadaqat.ops` (and METHODS.md), without
+Written from the formulas in the docstrings of :mod:`tfadaqat.ops` and :mod:`tfadaqat.cost`, without
 TensorFlow. Each function returns the forward output and the gradients for an upstream
 gradient `upstream`, using float32 arithmetic where the kernels do.
 """

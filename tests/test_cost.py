@@ -69,7 +69,8 @@ def test_differentiable_cost_forward_equals_exact_cost(method):
 
 
 def test_adaqat_bitops_gradient_is_macs_times_input_bits():
-    """METHODS.md: d(b_w b_a)/d(b_w) = b_a, so dBitOPs/dN_w = MACs x b_a for each layer."""
+    """tfadaqat.cost.differentiable_cost: d(b_w b_a)/d(b_w) = b_a, so dBitOPs/dN_w = MACs x b_a
+    for each layer."""
     qmodel = tfadaqat.quantize_model(_two_layer_model(), "adaqat", weight_bits=5,
                                      activation_bits=6)
     tensors = {(name, role): variables["relaxed_bits"]
