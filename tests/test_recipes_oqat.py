@@ -50,9 +50,13 @@ def test_digits_run_meets_budgets_exports_and_resumes(tmp_path, capsys):
     # The reference is the largest sub-net at the first bit-width; its row has that cost.
     largest, = [r for r in rows if r["name"] == "4bit_largest"]
     assert largest["bitops"] == reference
+    test_x, test_y = oqat.load_data(options).test
     for row in rows:
         assert row["test_accuracy"] == pytest.approx(row["supernet_accuracy"], abs=1e-9)
-        assert 0.0 <= row["aligned_accuracy"] <= 1.0
+        # Oracle: the saved (bias-aligned) sub-net's argmax over the test split, in NumPy.
+        saved = tfadaqat.load_model(row["tflite"][:-7] + ".keras")
+        predicted = np.argmax(saved.predict(test_x, verbose=0), axis=1)
+        assert row["aligned_accuracy"] == pytest.approx(float(np.mean(predicted == test_y)))
         assert row["tflite_top1_agreement"] >= 0.9
         assert _fraction_within_two_steps(row["tflite"], row["tflite"][:-7] + ".keras",
                                           oqat.load_data(options).test[0][:64]) >= 0.95
@@ -85,7 +89,12 @@ def test_cifar10_pipeline_runs_on_mock_data(tmp_path):
                               "batch_size": 8, "verify_examples": 8})
     with tfds.testing.mock_data(num_examples=16):
         rows = oqat.run(options)
-    assert len(rows) == 3 and all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+        test_count = len(oqat.load_data(options).test[1])
+    assert len(rows) == 3
+    for row in rows:
+        assert row["test_accuracy"] == pytest.approx(row["supernet_accuracy"], abs=1e-9)
+        correct = row["test_accuracy"] * test_count  # a count of test images
+        assert correct == pytest.approx(round(correct), abs=1e-6)
     assert all("tflite" not in r for r in rows)  # float stem and classifier: no integer file
     # tfadaqat.cost counts the float stem at 32 bits: it dominates a tiny 32x32 network.
     assert options.spec().input_shape == (32, 32, 3)
