@@ -470,7 +470,8 @@ def _hgq2_rows(data, settings, seed, float_model, reference):
     HGQ2 starts from `float_model`'s weights with each BatchNormalization folded into its
     convolution, trains as long as the tfadaqat rows with the same optimizer and schedule, once
     per EBOPs penalty in ``--hgq2_betas`` from the matching ``--hgq2_initial_bits``; its
-    per-element bit-widths come back as per-layer means, priced here with :func:`tfadaqat.cost` on `reference` like every other row.
+    per-element bit-widths come back as per-layer means, priced here with
+    :func:`tfadaqat.cost` on `reference` like every other row.
     """
     if len(FLAGS.hgq2_betas) != len(FLAGS.hgq2_initial_bits):
         raise ValueError(f"--hgq2_betas ({len(FLAGS.hgq2_betas)}) and --hgq2_initial_bits "
