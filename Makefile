@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Where Debian's dataset-fashion-mnist puts the IDX files (recipes/idx.py looks there too).
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench data clean hgq2
+.PHONY: demo test test-fast bench data clean hgq2
 # HGQ2 (Keras 3), the learned-bits peer of bench/budget.py --dataset=fashion_mnist: its own
 # virtual environment, since Keras 3 and tf-keras cannot share a process.
 HGQ2_VENV ?= .venv-hgq2
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The tests not marked slow (see setup.cfg): every unit and golden test, no recipe runs.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow"
 
 $(HGQ2_STAMP):
 	$(PYTHON) -m venv $(HGQ2_VENV)

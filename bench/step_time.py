@@ -6,7 +6,10 @@ AdaQAT with its finite-difference bit-width probe on every step.
 All models are built from one float model and timed in this one process, interleaved in many
 short rounds: this machine has bursts where a step takes twice as long whatever the model, so
 each row is timed a few steps at a time, round after round, and the median round is reported.
-Prints images per second and the ratio of each step time to the float one.
+Prints images per second and the ratio of each step time to the float one, in wall time and
+in process CPU time (the machine is shared; CPU time is what other jobs disturb least).
+The row "lsq, no NaN guard" is LSQ compiled with ``skip_non_finite_steps=False``: beside
+the LSQ row it prices the copy of every variable that lets a non-finite step be undone.
 
 Scheduling: with TensorFlow's default two inter-op threads on this 2-core machine, identical
 copies of one quantized model were measured persistently 1.2x to 1.7x float, depending on how
@@ -34,6 +37,7 @@ Run from the repository root:  python -m bench.step_time [--rounds 25 --steps 2]
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 
@@ -52,10 +56,15 @@ flags.DEFINE_integer("bits", 4, "Weight and activation bits of the tfadaqat mode
 flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow inter-op threads (0: TF's default).")
 
 
-def _compiled(model):
+def _compiled(model, **options):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **options)
     return model
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def build_rows(batch_size: int, methods, bits: int):
@@ -70,6 +79,11 @@ def build_rows(batch_size: int, methods, bits: int):
         qmodel = tfadaqat.quantize_model(float_model, method, weight_bits=bits,
                                          activation_bits=bits, adaqat_rule=None)
         rows.append((f"tfadaqat {method} ({bits}-bit start)", _compiled(qmodel)))
+    if "lsq" in methods:  # what the non-finite step guard (tfadaqat.non_finite) costs
+        qmodel = tfadaqat.quantize_model(float_model, "lsq", weight_bits=bits,
+                                         activation_bits=bits)
+        rows.append(("tfadaqat lsq, no NaN guard", _compiled(qmodel,
+                                                             skip_non_finite_steps=False)))
     if "adaqat" in methods:
         qmodel = tfadaqat.quantize_model(float_model, "adaqat", weight_bits=8, activation_bits=8,
                                          adaqat_rule=tfadaqat.AdaQATRule(probe_every=1))
@@ -78,30 +92,36 @@ def build_rows(batch_size: int, methods, bits: int):
 
 
 def time_rows(rows, batch_size: int, steps: int, rounds: int):
-    """Median seconds per training step of each row, interleaved over `rounds`."""
+    """Median ``(wall, process CPU)`` seconds per training step of each row, interleaved
+    over `rounds`."""
     images = tf.random.stateless_uniform((batch_size, 32, 32, 3), seed=(1, 2))
     labels = tf.random.stateless_uniform((batch_size,), seed=(3, 4), maxval=10, dtype=tf.int32)
     for _, model in rows:  # warm-up: tracing and first-call initialisation
         for _ in range(2):
             model.train_on_batch(images, labels)
-    samples = {name: [] for name, _ in rows}
+    walls = {name: [] for name, _ in rows}
+    cpus = {name: [] for name, _ in rows}
     for round_index in range(rounds):
         for name, model in rows:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             for _ in range(steps):
                 model.train_on_batch(images, labels)
-            samples[name].append((time.perf_counter() - start) / steps)
+            walls[name].append((time.perf_counter() - start) / steps)
+            cpus[name].append((_cpu_seconds() - cpu_start) / steps)
         if (round_index + 1) % 5 == 0:
             print(f"round {round_index + 1}/{rounds} done", flush=True)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name]))
+            for name, _ in rows}
 
 
 def format_table(medians, batch_size: int) -> str:
-    reference = medians["float"]
-    lines = [f"{'model':34s} {'ms/step':>9s} {'img/s':>8s} {'x float':>8s}"]
-    for name, seconds in medians.items():
+    wall_reference, cpu_reference = medians["float"]
+    lines = [f"{'model':34s} {'ms/step':>9s} {'img/s':>8s} {'x float':>8s} "
+             f"{'CPU ms':>8s} {'CPU x float':>11s}"]
+    for name, (seconds, cpu) in medians.items():
         lines.append(f"{name:34s} {seconds * 1e3:9.1f} {batch_size / seconds:8.1f} "
-                     f"{seconds / reference:8.2f}")
+                     f"{seconds / wall_reference:8.2f} {cpu * 1e3:8.1f} "
+                     f"{cpu / cpu_reference:11.2f}")
     return "\n".join(lines)
 
 

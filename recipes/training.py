@@ -34,6 +34,7 @@ import dataclasses
 import io
 import json
 import os
+import tempfile
 import time
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional
@@ -481,8 +482,18 @@ def _float_weights(run: _Run, float_model) -> None:
         _fit_stage(run, float_model, stage="float", epochs=config.float_epochs, callbacks=[])
     else:
         return  # from scratch: quantize the fresh initialisation
+    _save(run, float_model, path)
+
+
+def _save(run: _Run, model, path: str) -> None:
+    """Saves `model` to `path` on the chief. Every worker takes part: with several workers,
+    saving reads variables across them (collective ops), so a save on the chief alone waits
+    for workers that have moved on. The others save to a temporary folder, deleted at once."""
     if run.chief:
-        float_model.save(path)
+        model.save(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="tfadaqat_worker_") as folder:
+        model.save(os.path.join(folder, os.path.basename(path)))
 
 
 def _quantize(run: _Run, float_model):
@@ -586,9 +597,13 @@ def _write_results(run: _Run, qmodel, accuracy: float, float_accuracy, started: 
         f", float {float_accuracy:.4f}" if float_accuracy is not None else ""))
     print(line, file=text)
     export = None
+    artifacts["model"] = run.path("model.keras")
+    _save(run, qmodel, artifacts["model"])
     if run.chief:
-        artifacts["model"] = run.path("model.keras")
-        qmodel.save(artifacts["model"])
+        if isinstance(run.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # The export's Keras predictions would be collective ops the other workers,
+            # done after saving, no longer join: the chief exports the saved model instead.
+            qmodel = tfadaqat.load_model(artifacts["model"])
         artifacts["bit_widths_plot"] = tfadaqat.plot_bit_widths(
             qmodel, run.path("bit_widths.png"), records=_read_history(run.path("bit_history.json")),
             title=f"{config.model} / {config.dataset} / {config.method}")

@@ -1,7 +1,9 @@
 """Helper for tests/test_distribute.py: trains a toy model, prints its bits as JSON.
 
-Run as ``python -m tests.distributed_run METHOD REPLICAS``; logical CPU devices must be set
-before TensorFlow starts, hence a process of its own.
+Run as ``python -m tests.distributed_run METHOD REPLICAS [DATA]``; logical CPU devices must be
+set before TensorFlow starts, hence a process of its own. DATA ``nan`` puts one NaN into the
+second batch of every epoch (in the first replica's half of it), ``drop`` leaves that batch
+out; the JSON then also holds every weight and the skipped-step counts.
 """
 
 import json
@@ -16,7 +18,10 @@ import tfadaqat  # noqa: E402
 from tfadaqat._compat import keras, tf  # noqa: E402
 
 
-def main(method: str, replicas: int) -> None:
+BAD_BATCH = slice(16, 32)
+
+
+def main(method: str, replicas: int, data: str = "") -> None:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
@@ -43,9 +48,15 @@ def main(method: str, replicas: int) -> None:
             # replicas grew to 13% of that step with Adam(0.01) while every other value agreed.
             optimizer = keras.optimizers.SGD(0.1)
         target = (x[:, :4] > 0).astype("float32")
+        if data == "nan":
+            x[BAD_BATCH.start + 3, 5] = np.nan
+        elif data == "drop":
+            keep = np.ones(len(x), bool)
+            keep[BAD_BATCH] = False
+            x, target = x[keep], target[keep]
         qmodel.initialize_quantizers(x[:8])
         qmodel.compile(optimizer, keras.losses.MeanSquaredError())
-    qmodel.fit(x, target, batch_size=16, epochs=6, shuffle=False, verbose=0)
+    history = qmodel.fit(x, target, batch_size=16, epochs=6, shuffle=False, verbose=0)
     relaxed = {f"{name}/{role}": float(v["relaxed_bits"].numpy())
                for name, role, _, v, _ in tfadaqat.quantized_tensors(qmodel)
                if "relaxed_bits" in v}
@@ -59,9 +70,15 @@ def main(method: str, replicas: int) -> None:
         scalars["dq_pressure"] = float(qmodel.dq_pressure.numpy())
     state = qmodel.adaqat_budget_state
     prices = [] if state is None else state["multipliers"].numpy().tolist()
-    print(json.dumps({"bits": tfadaqat.bit_widths(qmodel), "relaxed": relaxed,
-                      "prices": prices, "scalars": scalars}))
+    result = {"bits": tfadaqat.bit_widths(qmodel), "relaxed": relaxed, "prices": prices,
+              "scalars": scalars}
+    if data:
+        result["weights"] = [v.numpy().ravel().tolist() for v in qmodel.weights]
+        result["optimizer"] = [v.numpy().ravel().tolist() for v in qmodel.optimizer.variables]
+        result["skipped_steps"] = history.history["skipped_steps"]
+        result["loss"] = history.history["loss"]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

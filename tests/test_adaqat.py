@@ -71,7 +71,7 @@ def _toy_problem(rule):
 def _state(qmodel, layer):
     variables = next(v for name, role, _, v, _ in tfadaqat.quantized_tensors(qmodel)
                      if (name, role) == (layer, "kernel"))
-    return float(variables["relaxed_bits"]), float(variables["frozen"])
+    return float(variables["relaxed_bits"].numpy()), float(variables["frozen"].numpy())
 
 
 def test_toy_problem_unused_layers_fall_to_min_bits_needed_layer_keeps_its_bits():
@@ -93,6 +93,23 @@ def test_probe_every_k_steps_and_no_rule():
     assert qmodel.adaqat_rule is None
     qmodel.fit(x, target, batch_size=16, epochs=2, verbose=0)
     assert tfadaqat.bit_widths(qmodel)["useless"]["kernel"] == 8
+
+
+@pytest.mark.parametrize("probe_every", [1, 3])
+def test_probe_under_a_one_replica_strategy_matches_no_strategy(probe_every):
+    """Under a tf.distribute strategy a variable write is a merge call, which TensorFlow
+    refuses inside tf.cond (a one-worker MultiWorkerMirroredStrategy failed so): the probe then
+    runs unconditionally with masked writes, and must learn exactly what the cond does."""
+    rule = tfadaqat.AdaQATRule(learning_rate=1.0, probe_every=probe_every)
+    epochs = 6 * probe_every  # 24 probes of 4 steps per epoch
+    qmodel, x, target = _toy_problem(rule)
+    qmodel.fit(x, target, batch_size=16, epochs=epochs, verbose=0)
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        mirrored, _, _ = _toy_problem(rule)
+    mirrored.fit(x, target, batch_size=16, epochs=epochs, verbose=0)
+    for layer in ("needed", "useless", "zero"):
+        assert _state(mirrored, layer) == pytest.approx(_state(qmodel, layer), abs=1e-5)
+    assert _state(qmodel, "useless")[0] < 8.0  # the bits did move
 
 
 def test_rule_and_its_state_survive_save_and_load(tmp_path):

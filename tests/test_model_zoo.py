@@ -7,6 +7,8 @@ import pytest
 import tfadaqat
 from bench import model_zoo
 
+pytestmark = pytest.mark.slow  # multi-minute: outside the fast subset (setup.cfg)
+
 
 @pytest.mark.parametrize("name, method", [
     ("MobileNetV3Small", "lsq"),          # Rescaling, hard-swish as TF ops, SE Multiply, softmax

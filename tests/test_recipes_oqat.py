@@ -12,6 +12,8 @@ from recipes import oqat
 from tfadaqat._compat import tflite_interpreter
 from tfadaqat.oqat import SearchSpace, subnet_cost
 
+pytestmark = pytest.mark.slow  # multi-minute: outside the fast subset (setup.cfg)
+
 TINY = dict(bits=(4, 3), budgets=(0.6,), epochs=1, finetune_epochs=1, population=4,
             generations=1, parents=2, stage_channels=(8, 16), depths=(1, 2),
             kernel_sizes=(3, 5), expand_ratios=(3,), verify_examples=64)

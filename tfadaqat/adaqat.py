@@ -363,6 +363,9 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
         write("frozen", tf.fill([len(tensors)], 1.0), tf.logical_and(this, now_frozen))
         return probe_loss
 
-    if replicas > 1:
+    # Under a tf.distribute strategy (even with one replica) a variable update is a merge
+    # call, which TensorFlow does not allow inside tf.cond: there the probe always runs and
+    # its writes are masked by `gate` instead.
+    if replicas > 1 or tf.distribute.has_strategy():
         return run_probe()
     return tf.cond(gate, run_probe, lambda: tf.identity(loss))

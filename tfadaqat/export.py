@@ -48,6 +48,7 @@ tried).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -1086,12 +1087,12 @@ def _digits_like(model) -> np.ndarray:
     return np.repeat(images, channels, axis=-1)[-len(images) // 4:]
 
 
-def main(argv=None) -> int:
-    """``python -m tfadaqat.export --model PATH.keras --out model.tflite [--int8-io]
-    [--weight-storage int8|int4] [--verify-digits]``."""
-    import argparse
+def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
+    """``tfadaqat export --model PATH.keras --out model.tflite [--int8-io]
+    [--weight-storage int8|int4] [--verify-digits]`` (see :mod:`tfadaqat_cli`, which keeps
+    TensorFlow's start-up lines off the terminal; ``python -m tfadaqat.export`` still works)."""
     parser = argparse.ArgumentParser(
-        prog="python -m tfadaqat.export",
+        prog=prog,
         description="Exports a model saved from tfadaqat to an integer TFLite file.")
     parser.add_argument("--model", required=True, help="a .keras file saved from tfadaqat")
     parser.add_argument("--out", required=True, help="the .tflite file to write")

@@ -31,6 +31,7 @@ The budget is part of the model config, so it survives ``save`` and ``load_model
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from typing import Dict, Optional
 
@@ -38,6 +39,9 @@ from tfadaqat._compat import keras, tf
 from tfadaqat.adaqat import AdaQATRule, create_budget_state, probe
 from tfadaqat.budget import Budget, budget_met, budget_penalty
 from tfadaqat.cost import differentiable_cost
+from tfadaqat import non_finite as non_finite_lib
+from tfadaqat.non_finite import (DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS, SKIPPED_STEPS_METRIC,
+                                 StopOnSkippedSteps)
 from tfadaqat.quantizers import DQQuantizer, initialization_mode
 from tfadaqat.report import budget_status, format_budget
 from tfadaqat.tensors import quantized_tensors
@@ -47,6 +51,18 @@ _BUDGET_CONFIG_KEY = "tfadaqat_budget"
 PRESSURE_GROWTH = 1.01
 PRESSURE_CAP = 1e6
 _RULE_CONFIG_KEY = "tfadaqat_adaqat_rule"
+_SKIP_LIMIT_CONFIG_KEY = "max_consecutive_skipped_steps"
+_SKIP_CONFIG_KEY = "skip_non_finite_steps"
+
+
+@dataclasses.dataclass
+class _SkipState:
+    """The counters of skipped training steps (held outside Keras' weight tracking, so that
+    they are neither saved nor part of ``model.weights``)."""
+
+    metric: keras.metrics.Metric  # per epoch, in the logs as ``skipped_steps``
+    total: tf.Variable  # since fit began
+    consecutive: tf.Variable  # in a row, up to the last step
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
@@ -58,6 +74,9 @@ class QuantizedModel(keras.Model):
     _tfadaqat_rule = None
     _adaqat_budget_state: Optional[Dict[str, tf.Variable]] = None
     _dq_pressure: Optional[tf.Variable] = None
+    _skip_state: Optional[_SkipState] = None
+    _evaluating = False
+    _max_consecutive_skipped_steps: Optional[int] = DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
 
     @property
     def adaqat_budget_state(self) -> Optional[Dict[str, tf.Variable]]:
@@ -140,7 +159,16 @@ class QuantizedModel(keras.Model):
         return model
 
     def fit(self, *args, **kwargs):
-        """``keras.Model.fit``; warns when training ends with the budget not met."""
+        """``keras.Model.fit``; skips non-finite steps (see :mod:`tfadaqat.non_finite`) and
+        warns when training ends with the budget not met."""
+        if self._skip_state is not None:
+            arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+            arguments.arguments["callbacks"] = list(
+                arguments.arguments.get("callbacks") or []) + [
+                    StopOnSkippedSteps(self._max_consecutive_skipped_steps)]
+            self._skip_state.total.assign(0)
+            self._skip_state.consecutive.assign(0)
+            args, kwargs = arguments.args[1:], arguments.kwargs
         history = super().fit(*args, **kwargs)
         if self._tfadaqat_budget is not None:
             status = budget_status(self)
@@ -150,16 +178,147 @@ class QuantizedModel(keras.Model):
                               f"{format_budget(status)}", stacklevel=2)
         return history
 
+    def compile(self, *args, skip_non_finite_steps: bool = True,
+                max_consecutive_skipped_steps=DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS, **kwargs):
+        """``keras.Model.compile``, plus the guard against non-finite steps.
+
+        Args:
+          *args: Passed to ``keras.Model.compile``.
+          skip_non_finite_steps: Whether a training step whose loss or gradients are NaN or
+            Inf is undone and counted (default), or applied as plain Keras would (no copy
+            of the variables per step; no ``skipped_steps`` log).
+          max_consecutive_skipped_steps: ``fit`` raises ``FloatingPointError`` after this many
+            training steps in a row whose loss or gradients were NaN or Inf (each such step is
+            skipped: see :mod:`tfadaqat.non_finite`). None: never stop.
+          **kwargs: Passed to ``keras.Model.compile``.
+
+        Raises:
+          ValueError: For a `max_consecutive_skipped_steps` that is not None or an int >= 1.
+        """
+        limit = max_consecutive_skipped_steps
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise ValueError("max_consecutive_skipped_steps must be None or an int >= 1, "
+                             f"got {limit!r}")
+        if not isinstance(skip_non_finite_steps, bool):
+            raise ValueError("skip_non_finite_steps must be True or False, got "
+                             f"{skip_non_finite_steps!r}")
+        super().compile(*args, **kwargs)
+        self._max_consecutive_skipped_steps = limit
+        self._skip_state = None
+        if not skip_non_finite_steps:
+            return
+        with self.distribute_strategy.scope():
+            self._skip_state = _SkipState(
+                metric=keras.metrics.Sum(name=SKIPPED_STEPS_METRIC, dtype=tf.float32),
+                total=tf.Variable(0, dtype=tf.int64, trainable=False,
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA),
+                consecutive=tf.Variable(
+                    0, dtype=tf.int64, trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            config = dict(config)
+            config[_SKIP_LIMIT_CONFIG_KEY] = self._max_consecutive_skipped_steps
+            config[_SKIP_CONFIG_KEY] = self._skip_state is not None
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles a loaded model as it was saved (Keras skips this for a model whose
+        ``compile`` is overridden, so it is done here)."""
+        config = dict(config)
+        limit = config.pop(_SKIP_LIMIT_CONFIG_KEY, DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS)
+        skip = config.pop(_SKIP_CONFIG_KEY, True)
+        self.compile(**keras.saving.deserialize_keras_object(config),
+                     skip_non_finite_steps=skip, max_consecutive_skipped_steps=limit)
+        if isinstance(self.optimizer, keras.optimizers.Optimizer) and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self._skip_state is not None and not self._evaluating:
+            metrics = metrics + [self._skip_state.metric]
+        return metrics
+
+    def evaluate(self, *args, **kwargs):
+        """``keras.Model.evaluate``, whose results leave out ``skipped_steps`` (a count of
+        training steps). It is left out of ``metrics`` while evaluating, not dropped from the
+        results: Keras reads the metrics again at the end and uses them only when their names
+        match the step's logs; otherwise it keeps the last batch's logs, which are summed
+        over replicas under a distribution strategy."""
+        evaluating, self._evaluating = self._evaluating, True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = evaluating
+
+    @property
+    def skipped_steps_total(self) -> Optional[tf.Variable]:
+        """Training steps skipped for a NaN/Inf loss or gradient since ``fit`` began (None
+        when compiled with ``skip_non_finite_steps=False``)."""
+        return None if self._skip_state is None else self._skip_state.total
+
+    @property
+    def consecutive_skipped_steps(self) -> Optional[tf.Variable]:
+        """Training steps skipped in a row, up to the last one (None: not guarded)."""
+        return None if self._skip_state is None else self._skip_state.consecutive
+
     def train_step(self, data):
+        """One guarded training step (see :mod:`tfadaqat.non_finite`).
+
+        Takes DQ's budget penalty, AdaQAT's probe and the plain Keras update as the model is
+        configured; a step whose loss or gradients are not finite on some replica changes no
+        variable and no metric except ``skipped_steps``.
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self._skip_state is None:  # compile(skip_non_finite_steps=False)
+            y_pred, _, _, extra, _ = self._update(x, y, sample_weight)
+            metrics = dict(self.compute_metrics(x, y, y_pred, sample_weight))
+            metrics.update(extra)
+            return metrics
+        non_finite_lib.build_optimizer(self.optimizer, self.trainable_variables)
+        kept = non_finite_lib.unique_variables(list(self.variables)
+                                               + list(self.optimizer.variables))
+        kept_values = non_finite_lib.snapshot(kept)
+        y_pred, loss, gradients, extra, kept_metrics = self._update(x, y, sample_weight)
+        finite = non_finite_lib.all_finite(loss, gradients)
+        non_finite_lib.restore_unless(finite, kept, kept_values)
+        return self._guarded_metrics(finite, x, y, y_pred, sample_weight, extra, kept_metrics)
+
+    def _guarded_metrics(self, finite, x, y, y_pred, sample_weight, extra, kept_metrics):
+        """Metrics of the step; a skipped step's batch is left out of them and counted."""
+        state = self._skip_state
+        metrics = self.compute_metrics(x, y, y_pred, sample_weight)
+        non_finite_lib.restore_local_unless(finite, *kept_metrics)
+        skipped = 1.0 - tf.cast(finite, tf.float32)
+        context = tf.distribute.get_replica_context()
+        first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float32)
+        state.metric.update_state(skipped * first)
+        state.total.assign_add(tf.cast(skipped, tf.int64))
+        state.consecutive.assign(tf.where(finite, tf.constant(0, tf.int64),
+                                          state.consecutive + 1))
+        metrics = dict(metrics)
+        metrics.update(extra)
+        metrics[SKIPPED_STEPS_METRIC] = state.metric.result()
+        return metrics
+
+    def _update(self, x, y, sample_weight):
+        """Forward, loss and update of one step.
+
+        Returns:
+          ``(y_pred, loss, gradients, extra logs, (metric variables, their values before
+          the step))``.
+        """
         budget, rule = self._tfadaqat_budget, self._tfadaqat_rule
-        if budget is None and rule is None:
-            return super().train_step(data)
         if rule is not None:
             budget = None  # AdaQAT meets its budget in its probe (tfadaqat.adaqat): no penalty
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
+            kept_metrics = self._keep_metrics(y_pred, y)
             loss = self.compute_loss(x, y, y_pred, sample_weight)
             total = loss
             if budget is not None:
@@ -169,36 +328,54 @@ class QuantizedModel(keras.Model):
                     penalty = penalty * self._dq_pressure
                 # Gradients are summed over replicas; the penalty is the same on each.
                 total = loss + penalty / replicas
+        self._validate_target_and_loss(y, loss)
         if rule is not None:
             # Before the update, so that L and L_minus are measured with the same weights.
             self._adaqat_probe(rule, x, y, sample_weight, y_pred)
         variables = self.trainable_variables
-        gradients = tape.gradient(total, variables)
-        if budget is not None:
-            met_before = budget_met(sizes, budget)
-            dq_variables = self._dq_parameters()
-            dq_before = [tf.identity(variable) for variable in dq_variables]
         if budget is None:
-            self.optimizer.apply_gradients(zip(gradients, variables))
-        else:
-            # Clip the summed gradient, not each replica's part: sum first, then clip, then
-            # apply without a second aggregation.
-            if replicas > 1:
-                pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-                summed = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
-                variables = [v for _, v in pairs]
-                gradients = self._clip_range_gradients(variables, summed, penalty > 0.0)
-                self.optimizer.apply_gradients(zip(gradients, variables),
-                                               skip_gradients_aggregation=True)
+            if hasattr(self.optimizer, "compute_gradients"):  # loss scaling included
+                gradients = [g for g, _ in self.optimizer.compute_gradients(total, variables,
+                                                                            tape=tape)]
             else:
-                gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
-                self.optimizer.apply_gradients(zip(gradients, variables))
-            self._stay_within_budget(budget, met_before, dq_variables, dq_before)
-        metrics = self.compute_metrics(x, y, y_pred, sample_weight)
-        if budget is not None:
-            metrics["budget_penalty"] = penalty
-        return metrics
+                gradients = tape.gradient(total, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer):
+                # It skips non-finite gradients itself and lowers its scale: not undone.
+                gradients = []
+            return y_pred, total, gradients, {}, kept_metrics
+        gradients = tape.gradient(total, variables)
+        met_before = budget_met(sizes, budget)
+        dq_variables = self._dq_parameters()
+        dq_before = [tf.identity(variable) for variable in dq_variables]
+        checked = gradients
+        # Clip the summed gradient, not each replica's part: sum first, then clip, then
+        # apply without a second aggregation.
+        if replicas > 1:
+            pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+            summed = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
+            variables = [v for _, v in pairs]
+            gradients = self._clip_range_gradients(variables, summed, penalty > 0.0)
+            self.optimizer.apply_gradients(zip(gradients, variables),
+                                           skip_gradients_aggregation=True)
+        else:
+            gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+        self._stay_within_budget(budget, met_before, dq_variables, dq_before)
+        return y_pred, total, checked, {"budget_penalty": penalty}, kept_metrics
+
+    def _keep_metrics(self, y_pred, y):
+        """Builds the compiled loss and metrics; returns their variables and current values
+        (the loss metric is updated inside ``compute_loss``, so this runs before it)."""
+        if not self.compiled_loss.built:
+            self.compiled_loss.build(y_pred)
+        if not self.compiled_metrics.built:
+            self.compiled_metrics.build(y_pred, y)
+        variables = non_finite_lib.unique_variables(
+            variable for metric in self.compiled_loss.metrics + self.compiled_metrics.metrics
+            for variable in metric.variables)
+        return variables, non_finite_lib.snapshot(variables)
 
     def _plain_loss(self, y, y_pred, sample_weight):
         """The compiled loss without touching the loss metric (for comparing two forwards)."""
@@ -295,7 +472,9 @@ class QuantizedModel(keras.Model):
         def first_step(*args, **kwargs):
             with initialization_mode():
                 result = initializing(*args, **kwargs)
-            setattr(self, attribute, function)
+            # A skipped first training step (a NaN batch) initialised nothing: try the next.
+            if self.quantizers_initialized():
+                setattr(self, attribute, function)
             return result
 
         first_step.initializes_quantizers = True

@@ -305,8 +305,8 @@ class DoReFaWeightQuantizer(_RelaxedBitsMixin, TensorQuantizer):
                                           rescale=self.rescale)
 
     def integer_grid(self, tensor, variables):
-        bits = int(self.bit_width(variables))
-        scale = float(self.integer_scale(tensor, variables))
+        bits = int(keras.backend.get_value(self.bit_width(variables)))
+        scale = float(keras.backend.get_value(self.integer_scale(tensor, variables)))
         high = 2**bits - 1 if self.grid == "dorefa" else 2 ** (bits - 1) - 1
         return scale, -high, high
 
@@ -362,8 +362,9 @@ class PACTActivationQuantizer(_RelaxedBitsMixin, TensorQuantizer):
                                  signed=self.signed, bit_range=(self.min_bits, self.max_bits))
 
     def integer_grid(self, tensor, variables):
-        low, high = ops.integer_range(int(self.bit_width(variables)), self.signed)
-        return float(variables["alpha"]) / high, low, high
+        low, high = ops.integer_range(int(keras.backend.get_value(self.bit_width(variables))),
+                                      self.signed)
+        return float(keras.backend.get_value(variables["alpha"])) / high, low, high
 
     def get_config(self):
         return {**self._bits_config(), "signed": self.signed}
@@ -423,7 +424,7 @@ class LSQQuantizer(TensorQuantizer):
 
     def integer_grid(self, tensor, variables):
         low, high = ops.integer_range(self.bits, self.signed)
-        return float(variables["step"]), low, high
+        return float(keras.backend.get_value(variables["step"])), low, high
 
     def get_config(self):
         return {"bits": self.bits, "signed": self.signed, "kind": self.kind}
@@ -538,7 +539,8 @@ class DQQuantizer(TensorQuantizer):
         return step, q_max
 
     def integer_grid(self, tensor, variables):
-        step, q_max = (float(value) for value in self.step_and_range(variables))
+        step, q_max = (float(keras.backend.get_value(value))
+                       for value in self.step_and_range(variables))
         high = int(math.floor(q_max / step + 0.5))  # saturation at d round(q_max / d)
         return step, (-high if self.signed else 0), high
 
