@@ -275,24 +275,29 @@ class QuantizedModel(keras.Model):
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if self._skip_state is None:  # compile(skip_non_finite_steps=False)
-            y_pred, _, _, extra, _ = self._update(x, y, sample_weight)
-            metrics = dict(self.compute_metrics(x, y, y_pred, sample_weight))
-            metrics.update(extra)
-            return metrics
+            y_pred, _, _, extra, _ = self._update(x, y, sample_weight, keep_metrics=False)
+            return self._step_logs(x, y, y_pred, sample_weight, extra)
         non_finite_lib.build_optimizer(self.optimizer, self.trainable_variables)
         kept = non_finite_lib.unique_variables(list(self.variables)
                                                + list(self.optimizer.variables))
         kept_values = non_finite_lib.snapshot(kept)
-        y_pred, loss, gradients, extra, kept_metrics = self._update(x, y, sample_weight)
+        y_pred, loss, gradients, extra, kept_metrics = self._update(x, y, sample_weight,
+                                                                    keep_metrics=True)
         finite = non_finite_lib.all_finite(loss, gradients)
         non_finite_lib.restore_unless(finite, kept, kept_values)
         return self._guarded_metrics(finite, x, y, y_pred, sample_weight, extra, kept_metrics)
 
+    def _step_logs(self, x, y, y_pred, sample_weight, extra):
+        """The compiled metrics of the step and the `extra` logs (DQ's budget penalty)."""
+        logs = dict(self.compute_metrics(x, y, y_pred, sample_weight))
+        logs.update(extra)
+        return logs
+
     def _guarded_metrics(self, finite, x, y, y_pred, sample_weight, extra, kept_metrics):
         """Metrics of the step; a skipped step's batch is left out of them and counted."""
         state = self._skip_state
-        metrics = self.compute_metrics(x, y, y_pred, sample_weight)
-        non_finite_lib.restore_local_unless(finite, *kept_metrics)
+        logs = self._step_logs(x, y, y_pred, sample_weight, extra)
+        non_finite_lib.restore_unless(finite, *kept_metrics, replica_local=True)
         skipped = 1.0 - tf.cast(finite, tf.float32)
         context = tf.distribute.get_replica_context()
         first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tf.float32)
@@ -300,17 +305,19 @@ class QuantizedModel(keras.Model):
         state.total.assign_add(tf.cast(skipped, tf.int64))
         state.consecutive.assign(tf.where(finite, tf.constant(0, tf.int64),
                                           state.consecutive + 1))
-        metrics = dict(metrics)
-        metrics.update(extra)
-        metrics[SKIPPED_STEPS_METRIC] = state.metric.result()
-        return metrics
+        logs[SKIPPED_STEPS_METRIC] = state.metric.result()
+        return logs
 
-    def _update(self, x, y, sample_weight):
+    def _update(self, x, y, sample_weight, keep_metrics: bool):
         """Forward, loss and update of one step.
+
+        Args:
+          keep_metrics: Whether to keep the compiled loss/metric variables' values before
+            the batch updates them (the guarded step restores them when it skips).
 
         Returns:
           ``(y_pred, loss, gradients, extra logs, (metric variables, their values before
-          the step))``.
+          the step) or None)``.
         """
         budget, rule = self._tfadaqat_budget, self._tfadaqat_rule
         if rule is not None:
@@ -318,7 +325,7 @@ class QuantizedModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            kept_metrics = self._keep_metrics(y_pred, y)
+            kept_metrics = self._keep_metrics(y_pred, y) if keep_metrics else None
             loss = self.compute_loss(x, y, y_pred, sample_weight)
             total = loss
             if budget is not None:

@@ -67,44 +67,45 @@ def snapshot(variables) -> List[tf.Tensor]:
     return [tf.identity(variable) for variable in variables]
 
 
-def restore_unless(finite: tf.Tensor, variables, values) -> None:
+def restore_unless(finite: tf.Tensor, variables, values, replica_local: bool = False) -> None:
     """Assigns `values` back to `variables` when `finite` is False (else nothing happens).
 
-    Works in a replica context of any strategy: the assignment runs in a ``merge_call``, so
-    variables that may only be updated across replicas (trainable weights, optimizer slots)
-    are restored on every device from that device's kept value.
+    Args:
+      finite: A boolean scalar, the same on every replica.
+      variables: The variables to restore.
+      values: Their kept values (:func:`snapshot`), in the same order.
+      replica_local: True for variables each replica updates on its own (metrics, which sync
+        on read): they are assigned where they are. False (model and optimizer variables):
+        the assignment runs in a ``merge_call``, so variables that may only be updated
+        across replicas (trainable weights, optimizer slots) are restored on every device
+        from that device's kept value, under any strategy.
     """
     variables, values = list(variables), list(values)
     if not variables:
+        return
+
+    def assign_all(assign, kept_values):
+        for variable, value in zip(variables, kept_values):
+            assign(variable, value)
+        return tf.constant(True)
+
+    if replica_local:
+        tf.cond(finite, lambda: tf.constant(True),
+                lambda: assign_all(lambda variable, value: variable.assign(value), values))
         return
 
     def restore(strategy, finite, values):
         if strategy.num_replicas_in_sync > 1:
             finite = strategy.experimental_local_results(finite)[0]
 
-        def assign_all():
-            for variable, value in zip(variables, values):
-                strategy.extended.update(variable, lambda v, kept: v.assign(kept),
-                                         args=(value,), group=False)
-            return tf.constant(True)
+        def assign(variable, value):
+            strategy.extended.update(variable, lambda v, kept: v.assign(kept), args=(value,),
+                                     group=False)
 
-        tf.cond(finite, lambda: tf.constant(True), assign_all)
+        # `values` here are the merged (per-device) values merge_call passes in.
+        tf.cond(finite, lambda: tf.constant(True), lambda: assign_all(assign, values))
 
     tf.distribute.get_replica_context().merge_call(restore, args=(finite, values))
-
-
-def restore_local_unless(finite: tf.Tensor, variables, values) -> None:
-    """:func:`restore_unless` for replica-local variables (metrics: sync on read)."""
-    variables, values = list(variables), list(values)
-    if not variables:
-        return
-
-    def assign_all():
-        for variable, value in zip(variables, values):
-            variable.assign(value)
-        return tf.constant(True)
-
-    tf.cond(finite, lambda: tf.constant(True), assign_all)
 
 
 def build_optimizer(optimizer, variables) -> None:

@@ -69,6 +69,15 @@ def initialization_active() -> bool:
     return _initialization.active
 
 
+def _read(value) -> float:
+    """The value of a variable or tensor as a Python float (export-time reads of a grid).
+
+    ``keras.backend.get_value`` also reads a variable created under a distribution strategy
+    (a mirrored variable has no ``.numpy()`` in every context).
+    """
+    return float(keras.backend.get_value(value))
+
+
 def _finite(values: tf.Tensor) -> tf.Tensor:
     """`values` with NaN and inf replaced by 0, for statistics that initialise variables."""
     return tf.where(tf.math.is_finite(values), values, tf.zeros_like(values))
@@ -305,8 +314,8 @@ class DoReFaWeightQuantizer(_RelaxedBitsMixin, TensorQuantizer):
                                           rescale=self.rescale)
 
     def integer_grid(self, tensor, variables):
-        bits = int(keras.backend.get_value(self.bit_width(variables)))
-        scale = float(keras.backend.get_value(self.integer_scale(tensor, variables)))
+        bits = int(_read(self.bit_width(variables)))
+        scale = _read(self.integer_scale(tensor, variables))
         high = 2**bits - 1 if self.grid == "dorefa" else 2 ** (bits - 1) - 1
         return scale, -high, high
 
@@ -362,9 +371,8 @@ class PACTActivationQuantizer(_RelaxedBitsMixin, TensorQuantizer):
                                  signed=self.signed, bit_range=(self.min_bits, self.max_bits))
 
     def integer_grid(self, tensor, variables):
-        low, high = ops.integer_range(int(keras.backend.get_value(self.bit_width(variables))),
-                                      self.signed)
-        return float(keras.backend.get_value(variables["alpha"])) / high, low, high
+        low, high = ops.integer_range(int(_read(self.bit_width(variables))), self.signed)
+        return _read(variables["alpha"]) / high, low, high
 
     def get_config(self):
         return {**self._bits_config(), "signed": self.signed}
@@ -424,7 +432,7 @@ class LSQQuantizer(TensorQuantizer):
 
     def integer_grid(self, tensor, variables):
         low, high = ops.integer_range(self.bits, self.signed)
-        return float(keras.backend.get_value(variables["step"])), low, high
+        return _read(variables["step"]), low, high
 
     def get_config(self):
         return {"bits": self.bits, "signed": self.signed, "kind": self.kind}
@@ -539,8 +547,7 @@ class DQQuantizer(TensorQuantizer):
         return step, q_max
 
     def integer_grid(self, tensor, variables):
-        step, q_max = (float(keras.backend.get_value(value))
-                       for value in self.step_and_range(variables))
+        step, q_max = (_read(value) for value in self.step_and_range(variables))
         high = int(math.floor(q_max / step + 0.5))  # saturation at d round(q_max / d)
         return step, (-high if self.signed else 0), high
 
