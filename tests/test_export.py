@@ -373,3 +373,31 @@ def test_output_agreement_golden_values():
     agreement = export.output_agreement(outputs, expected, 0.5)
     assert agreement == {"top1_agreement": 2 / 3, "top1_strict_agreement": 1 / 3,
                          "max_output_difference": 4.0, "within_two_steps": 8 / 9}
+
+
+def test_a_two_output_model_is_refused_with_the_way_out_and_that_way_exports(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 2), name="image")
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = layers.ReLU(name="relu")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    class_logits = layers.Dense(5, name="class_logits")(x)
+    box = layers.Dense(4, name="box")(x)
+    qmodel = tfadaqat.quantize_model(keras.Model(inputs, [class_logits, box]), "lsq")
+    images, _ = _data(16)
+    qmodel.initialize_quantizers(images)
+    before = [w.copy() for w in qmodel.get_weights()]
+    with pytest.raises(ValueError, match=r"1 input\(s\) and 2 output\(s\) \['class_logits', "
+                                         r"'box'\].*keras.Model\(qmodel.inputs, "
+                                         r"qmodel.outputs\[0\]\)"):
+        export.export_tflite(qmodel, str(tmp_path / "two.tflite"))
+    assert os.listdir(tmp_path) == []
+    for old, new in zip(before, qmodel.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    # The way out the message gives: one output at a time, the same trained layers.
+    for index, name in enumerate(["class_logits", "box"]):
+        single = keras.Model(qmodel.inputs, qmodel.outputs[index])
+        report = export.export_tflite(single, str(tmp_path / f"{name}.tflite"),
+                                      verify_with=images)
+        assert report.examples == 16
+        assert report.max_output_difference <= 1.0 + 1e-4

@@ -69,3 +69,14 @@ def test_keras_applications_custom_layers_are_rewritten():
     # LayerScale trains its multiplier only: no offset weight appears beside it.
     assert [w.name.split("/")[-1] for w in flat.get_layer("layer_scale").trainable_weights] \
         == ["multiplier:0"]
+
+
+def test_a_layer_called_twice_is_refused_by_name():
+    inputs = keras.Input((6,))
+    shared = layers.Dense(6, name="shared_dense")
+    outputs = layers.Dense(3, name="logits")(shared(shared(inputs)))
+    with pytest.raises(ValueError, match=r"\['shared_dense'\] are called more than once.*"
+                                         "one layer per call"):
+        tfadaqat.flatten_model(keras.Model(inputs, outputs))
+    with pytest.raises(ValueError, match="shared_dense"):
+        tfadaqat.quantize_model(keras.Model(inputs, outputs), "lsq")

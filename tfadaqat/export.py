@@ -623,8 +623,17 @@ def _plan(model, weight_storage: str = "int8", allow_float_ops: bool = False,
         raise ValueError(f"model {getattr(model, 'name', model)!r} was not quantized with "
                          "tfadaqat.quantize_model: nothing to export with integer kernels")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError("export_tflite supports models with one input and one output, got "
-                         f"{len(model.inputs)} and {len(model.outputs)}")
+        outputs = [unwrapped_layer(tensor._keras_history.layer).name
+                   for tensor in model.outputs]
+        raise ValueError(
+            f"export_tflite supports models with one input and one output; model "
+            f"{model.name!r} has {len(model.inputs)} input(s) and {len(model.outputs)} "
+            f"output(s) {outputs}. Export one output at a time from a model of the same "
+            "trained layers, e.g. export_tflite(keras.Model(qmodel.inputs, "
+            "qmodel.outputs[0]), path)" + (
+                "" if len(model.inputs) == 1 else
+                ", after merging the inputs into one (e.g. a Concatenate of them before the "
+                "model is quantized)"))
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
                          f"{weight_storage!r}")
