@@ -401,3 +401,16 @@ def test_a_two_output_model_is_refused_with_the_way_out_and_that_way_exports(tmp
                                       verify_with=images)
         assert report.examples == 16
         assert report.max_output_difference <= 1.0 + 1e-4
+
+
+def test_packed_bytes_is_kernels_at_their_learned_bits_plus_int32_biases(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)   # 36 weights, 4 biases
+    outputs = layers.Dense(3, name="logits")(layers.Flatten()(x))    # 432 weights, 3 biases
+    qmodel = tfadaqat.quantize_model(keras.Model(inputs, outputs), "lsq",
+                                     layer_bits={"conv": 3, "logits": 5})
+    qmodel.initialize_quantizers(_data(8)[0][..., :1])
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
+    assert report.packed_bytes == (36 * 3 + 432 * 5) / 8 + (4 + 3) * 4
+    assert report.float32_bytes == (36 + 4 + 432 + 3) * 4

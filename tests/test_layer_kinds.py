@@ -129,8 +129,18 @@ def conv1d_sequence():
     return keras.Model(inputs, layers.Dense(5, name="logits")(x))
 
 
+def pass_through_layers():
+    """Layers that keep their input's grid: Dropout, Identity, Reshape, GlobalMaxPooling2D."""
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Dropout(0.25, name="dropout")(_conv_block(inputs))
+    x = layers.Identity(name="identity")(x)
+    x = layers.Reshape((4, 16, 4), name="reshape")(x)
+    x = layers.GlobalMaxPooling2D(name="max")(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
 MODELS = {model.__name__: model for model in (
-    conv1d_sequence, layer_scale_residual,
+    conv1d_sequence, layer_scale_residual, pass_through_layers,
     softmax_head, sigmoid_and_tanh, squeeze_excite_swish, hard_swish_operators,
     rescaling_and_normalization, preactivation_batch_norm, separable, dense_batch_norm,
     transpose_and_resizing, gelu_on_feature_map_dense)}
@@ -146,6 +156,7 @@ EXPECTED_OPS = {
     "transpose_and_resizing": {"TRANSPOSE_CONV", "RESIZE_NEAREST_NEIGHBOR",
                                "RESIZE_BILINEAR", "STRIDED_SLICE"},
     "gelu_on_feature_map_dense": {"GELU"},
+    "pass_through_layers": {"RESHAPE", "REDUCE_MAX"},
 }
 
 

@@ -26,6 +26,22 @@ def test_first_fit_step_initialises_then_switches_to_the_plain_step(classificati
     assert not getattr(qmodel.make_predict_function(), "initializes_quantizers", False)
 
 
+def test_first_evaluate_initialises_like_an_explicit_call_on_its_first_batch():
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32")
+    y = np.zeros(8, np.int64)
+    explicit = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=4, activation_bits=4)
+    evaluated = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=4, activation_bits=4)
+    evaluated.set_weights(explicit.get_weights())
+    explicit.initialize_quantizers(x[:4])
+    evaluated.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert not evaluated.quantizers_initialized()
+    evaluated.evaluate(x, y, batch_size=4, verbose=0)  # initialised from x[:4], then plain
+    assert evaluated.quantizers_initialized()
+    assert not getattr(evaluated.test_function, "initializes_quantizers", False)
+    for a, b in zip(explicit.weights, evaluated.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, err_msg=a.name)
+
+
 def test_initialize_quantizers_explicitly():
     qmodel = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=4, activation_bits=4)
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
@@ -158,8 +174,32 @@ def test_dq_pressure_grows_only_while_over_budget_and_is_saved(tmp_path):
     qmodel.save(path)
     assert float(tfadaqat.load_model(path).dq_pressure.numpy()) == pytest.approx(1.01 ** 3,
                                                                                  rel=1e-6)
+    # Capped at 10^6: from just below the cap, two steps over the budget end exactly on it.
+    qmodel.set_budget(tfadaqat.Budget(weight_kb=0.5 * start.weight_kb), {"weight_kb": 10.0})
+    qmodel.compile(keras.optimizers.Adam(1e-6), "sparse_categorical_crossentropy")
+    qmodel.dq_pressure.assign(0.995e6)
+    for step in range(2):
+        qmodel.train_on_batch(images[32 * step:32 * (step + 1)], labels[32 * step:32 * (step + 1)])
+    assert float(qmodel.dq_pressure.numpy()) == 1e6
     # Methods without DQ quantizers have no pressure.
     assert tfadaqat.quantize_model(small_resnet(), "lsq").dq_pressure is None
+
+
+def test_cost_weight_becomes_lambda_over_the_budget_squared():
+    # quantize_model(budget=..., cost_weight=c): lambda_j = c / budget_j^2 for each bounded
+    # quantity, so the penalty is c * (cost / budget - 1)^2 over the budget, whatever the unit.
+    budget = tfadaqat.Budget(bitops=2.0e6, weight_kb=3.0)
+    qmodel = tfadaqat.quantize_model(small_resnet(), "dq", budget=budget, cost_weight=10.0)
+    assert qmodel._tfadaqat_cost_weights == {"bitops": pytest.approx(10.0 / 4.0e12),
+                                             "weight_kb": pytest.approx(10.0 / 9.0)}
+    sizes = {"bitops": tf.constant(3.0e6), "weight_kb": tf.constant(1.5)}
+    penalty = float(tfadaqat.budget_penalty(sizes, qmodel.budget,
+                                            qmodel._tfadaqat_cost_weights))
+    assert penalty == pytest.approx(10.0 * (3.0 / 2.0 - 1.0) ** 2)
+    # A dict is taken as the lambdas themselves.
+    qmodel = tfadaqat.quantize_model(small_resnet(), "dq", budget=budget,
+                                     cost_weight={"bitops": 1e-9, "weight_kb": 0.5})
+    assert qmodel._tfadaqat_cost_weights == {"bitops": 1e-9, "weight_kb": 0.5}
 
 
 def test_budget_met_compares_every_bounded_quantity():

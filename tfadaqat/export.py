@@ -1112,7 +1112,11 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
                         help="compare with Keras on scikit-learn's digits (resized)")
     args = parser.parse_args(argv)
     print(f"loading {args.model}", flush=True)
-    model = load_model(args.model)
+    try:
+        model = load_model(args.model)
+    except Exception as error:  # h5py, zipfile and Keras each raise their own types
+        raise ValueError(f"could not load {args.model} as a saved tfadaqat model: "
+                         f"{error}") from error
     io_type = tf.int8 if args.int8_io else tf.float32
     verify = _digits_like(model) if args.verify_digits else None
     report = export_tflite(model, args.out, input_type=io_type, output_type=io_type,

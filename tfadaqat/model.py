@@ -475,12 +475,19 @@ class QuantizedModel(keras.Model):
         if getattr(function, "initializes_quantizers", False) or self.quantizers_initialized():
             return function
         initializing = make(True)
+        initialized = []
 
         def first_step(*args, **kwargs):
+            # Keras' evaluate keeps the function it started with for all its batches: once
+            # the quantizers are initialised, this runs the plain step (never initialising
+            # again from a later batch).
+            if initialized:
+                return function(*args, **kwargs)
             with initialization_mode():
                 result = initializing(*args, **kwargs)
             # A skipped first training step (a NaN batch) initialised nothing: try the next.
             if self.quantizers_initialized():
+                initialized.append(True)
                 setattr(self, attribute, function)
             return result
 
