@@ -32,6 +32,11 @@ whole probe (forward, bit-width writes, cost gradient) ~100 ms, so probing every
 ~1.9x float where a plain step costs ~1.1-1.2x. ``AdaQATRule(probe_every=k)`` divides that
 extra cost by ``k``.
 
+Targets (process CPU time, ratios within this one run; exits 1 on a miss):
+
+* each tfadaqat method's plain step <= 1.00x TFMOT's default 8-bit QAT step;
+* AdaQAT probing every step <= 1.5x float.
+
 Run from the repository root:  python -m bench.step_time [--rounds 25 --steps 2]
 """
 
@@ -125,6 +130,28 @@ def format_table(medians, batch_size: int) -> str:
     return "\n".join(lines)
 
 
+PLAIN_STEP_VS_TFMOT = 1.00
+PROBING_VS_FLOAT = 1.5
+
+
+def check_targets(medians):
+    """``[(description, passed)]`` for the targets above, on CPU seconds per step."""
+    cpu = {name: seconds for name, (_, seconds) in medians.items()}
+    checks = []
+    tfmot_cpu = cpu["tfmot default 8-bit"]
+    for name, seconds in cpu.items():
+        if name.startswith("tfadaqat") and "probe" not in name and "no NaN guard" not in name:
+            ratio = seconds / tfmot_cpu
+            checks.append((f"{name}: {ratio:.2f}x TFMOT's CPU time per step <= "
+                           f"{PLAIN_STEP_VS_TFMOT:.2f}", ratio <= PLAIN_STEP_VS_TFMOT))
+    for name, seconds in cpu.items():
+        if "probe" in name:
+            ratio = seconds / cpu["float"]
+            checks.append((f"{name}: {ratio:.2f}x float's CPU time per step <= "
+                           f"{PROBING_VS_FLOAT:.2f}", ratio <= PROBING_VS_FLOAT))
+    return checks
+
+
 def main(argv):
     del argv
     if FLAGS.inter_op_threads:
@@ -135,6 +162,10 @@ def main(argv):
           f"{FLAGS.inter_op_threads or 'default'}, median of {FLAGS.rounds} rounds x "
           f"{FLAGS.steps} steps")
     print(format_table(medians, FLAGS.batch_size))
+    checks = check_targets(medians)
+    for description, passed in checks:
+        print(f"[{'PASS' if passed else 'FAIL'}] {description}")
+    return 0 if all(passed for _, passed in checks) else 1
 
 
 if __name__ == "__main__":
