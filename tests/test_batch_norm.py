@@ -103,6 +103,13 @@ def test_a_quantized_model_changes_only_its_moving_statistics():
         else:
             np.testing.assert_array_equal(variable.numpy(), before[id(variable)],
                                           err_msg=variable.name)
+    # Oracle: the population moments of the quantized conv's inference-mode output.
+    outputs = keras.Model(qmodel.inputs, qmodel.get_layer("quant_conv").output)(
+        images, training=False).numpy()
+    mean, variance = _population_moments(outputs)
+    layer = unwrapped_layer(qmodel.get_layer("bn"))  # after a conv: not wrapped
+    np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-6)
 
 
 def test_a_tfmot_model_gets_the_statistics_of_its_inference_mode_inputs():

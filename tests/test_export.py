@@ -414,3 +414,42 @@ def test_packed_bytes_is_kernels_at_their_learned_bits_plus_int32_biases(tmp_pat
     report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"))
     assert report.packed_bytes == (36 * 3 + 432 * 5) / 8 + (4 + 3) * 4
     assert report.float32_bytes == (36 + 4 + 432 + 3) * 4
+
+
+def _filter_of(interpreter, op_name):
+    """The int8 filter (input 1) of the first `op_name` op in the file."""
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == op_name:
+            return interpreter.get_tensor(op["inputs"][1])
+    raise AssertionError(f"no {op_name} in the file")
+
+
+def test_file_stores_the_learned_integers_times_floor_127_over_n(tmp_path):
+    # LSQ's kernel integers are k = round(clip(w / s, -q, q)), q = 2^(b-1) - 1 (computed here
+    # from the Keras weights); the file stores each as r k with r = floor(127 / n), n the
+    # largest |k| the kernel reaches.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    outputs = layers.Dense(3, name="logits")(layers.Flatten()(x))
+    qmodel = tfadaqat.quantize_model(keras.Model(inputs, outputs), "lsq",
+                                     layer_bits={"conv": 3, "logits": 2})
+    qmodel.initialize_quantizers(_data(8)[0][..., :1])
+    path = str(tmp_path / "m.tflite")
+    export.export_tflite(qmodel, path)
+    interpreter = tflite_interpreter(open(path, "rb").read())
+    for layer_name, op_name, q in (("conv", "CONV_2D", 3), ("logits", "FULLY_CONNECTED", 1)):
+        wrapper = next(layer for layer in qmodel.layers
+                       if getattr(layer, "layer", None) is not None
+                       and layer.layer.name == layer_name)
+        kernel = wrapper.layer.kernel.numpy()
+        step = next(float(w.numpy()) for w in wrapper.weights
+                    if w.name.split("/")[-1].startswith("kernel_step"))
+        integers = np.clip(np.round(kernel / step), -q, q)
+        n = int(np.abs(integers).max())
+        if kernel.ndim == 4:  # Keras HWIO -> TFLite OHWI
+            integers = np.transpose(integers, (3, 0, 1, 2))
+        else:                 # Keras (in, out) -> TFLite (out, in)
+            integers = integers.T
+        stored = _filter_of(interpreter, op_name)
+        np.testing.assert_array_equal(stored, (127 // n) * integers, err_msg=layer_name)

@@ -81,6 +81,22 @@ def test_paper_settings_of_resnet20_cifar10():
         2e-4, 160, (80, 120))
 
 
+def test_settings_of_the_quickstart_digits_run():
+    config = _load_config(os.path.join(ROOT, "recipes", "configs", "digits_adaqat.py"))
+    assert (config.model, config.dataset, config.method) == ("resnet20", "digits", "adaqat")
+    assert (config.float_epochs, config.epochs, config.weight_bits) == (30, 30, 8)
+    assert (config.budget.units, config.budget.bitops) == ("relative", 0.25)
+
+
+@pytest.mark.parametrize("method", ["adaqat", "dq", "lsq"])
+def test_settings_of_resnet18_imagenet(method):
+    config = _load_config(os.path.join(ROOT, "recipes", "configs",
+                                       f"resnet18_imagenet_{method}.py"))
+    assert (config.model, config.dataset, config.method) == ("resnet18", "imagenet2012", method)
+    assert (config.batch_size, config.weight_decay, config.epochs) == (256, 1e-4, 90)
+    assert tuple(config.decay_epochs) == (30, 60, 80)
+
+
 @pytest.mark.parametrize("method, budget, bits", [
     ("adaqat", 0.125, 8), ("dq", 0.125, 8), ("lsq", 0.0, 4)])
 def test_settings_of_resnet20_fashion_mnist(method, budget, bits):
