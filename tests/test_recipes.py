@@ -162,6 +162,22 @@ def test_digits_run_writes_every_artifact_and_a_verified_tflite(tmp_path):
     assert any(tag.startswith("bits/") for tag in tags)
     summary_text = open(artifacts["summary"]).read()
     assert "BitOPs" in summary_text and "test accuracy" in summary_text
+    # Started again on the finished workdir: no training, the same model, and the summary
+    # and the export written again.
+    for name in ("summary", "tflite"):
+        os.utime(artifacts[name], (0, 0))
+    again = training.train_and_evaluate(config, str(tmp_path / "run"), say=_silent)
+    assert again["accuracy"] == result["accuracy"]
+    for name in ("summary", "tflite"):
+        assert os.path.getmtime(artifacts[name]) > 0, name
+    # --init_from: another run quantizes that float model as it is (no float stage).
+    init = _digits(float_epochs=0, init_from=artifacts["float_model"])
+    started = training.train_and_evaluate(init, str(tmp_path / "init"), say=_silent)
+    assert started["float_accuracy"] == result["float_accuracy"]
+    copied = keras.models.load_model(os.path.join(tmp_path, "init", "float_model.keras"))
+    source = keras.models.load_model(artifacts["float_model"])
+    for a, b in zip(copied.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def _final_state(workdir):
