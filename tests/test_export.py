@@ -362,6 +362,16 @@ def test_command_line_exports_and_verifies(tmp_path, capsys):
     assert export.main(["--model", model_path, "--out", packed, "--weight-storage", "int4"]) == 0
     assert "int4: 5 of 5 kernels packed" in capsys.readouterr().out
     assert os.path.getsize(packed) < os.path.getsize(out)
+    # --runtimes: a line per runtime; an unknown one is refused before anything is written.
+    assert export.main(["--model", model_path, "--out", out, "--verify-digits",
+                        "--runtimes", "builtin,tflm"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("verified on 450 images with ")]
+    assert [line.split(" with ")[1].split(":")[0] for line in lines] == ["builtin", "tflm"]
+    with pytest.raises(ValueError, match=r"unknown runtime\(s\) \['phone'\]"):
+        export.main(["--model", model_path, "--out", str(tmp_path / "x.tflite"),
+                     "--runtimes", "phone"])
+    assert not os.path.exists(tmp_path / "x.tflite")
 
 
 def test_output_agreement_golden_values():

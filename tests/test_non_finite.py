@@ -6,7 +6,9 @@ slot and iteration count, and the epoch's loss and accuracy, must come out bit-i
 (MirroredStrategy: tests/test_distribute.py.)
 """
 
+import json
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -202,3 +204,32 @@ def test_a_saved_model_is_compiled_on_load_with_its_limit(tmp_path):
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(FloatingPointError, match="3 training steps in a row"):
             loaded.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+
+
+def test_a_model_saved_before_the_guard_existed_loads_and_gets_it(tmp_path):
+    # A file written before tfadaqat had the guard: no skip settings in its compile config and
+    # no skipped_steps metric among its metrics' saved variables. Made here from a model
+    # compiled without the guard, with the two settings taken out of its config.
+    x, y = _data()
+    model = _compiled("lsq", skip_non_finite_steps=False)
+    model.fit(x, y, batch_size=BATCH, verbose=0)
+    model.save(tmp_path / "new.keras")
+    with zipfile.ZipFile(tmp_path / "new.keras") as source, \
+            zipfile.ZipFile(tmp_path / "old.keras", "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(content)
+                for key in ("skip_non_finite_steps", "max_consecutive_skipped_steps"):
+                    del config["compile_config"][key]
+                content = json.dumps(config).encode()
+            target.writestr(item, content)
+    loaded = tfadaqat.load_model(tmp_path / "old.keras")
+    for old, new in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert loaded.skipped_steps_total is not None  # compiled with today's default: guarded
+    history = loaded.fit(x, y, batch_size=BATCH, verbose=0)
+    assert history.history["skipped_steps"] == [0.0]
+    # Saved again (now with the metric) and loaded: the count is not part of the file.
+    loaded.save(tmp_path / "again.keras")
+    assert tfadaqat.load_model(tmp_path / "again.keras").skipped_steps_total is not None

@@ -55,17 +55,21 @@ def is_graph_network(model) -> bool:
 
 
 def tflite_interpreter(model_content: bytes, num_threads: int = 1,
-                       preserve_all_tensors: bool = False):
+                       preserve_all_tensors: bool = False, reference_kernels: bool = False):
     """A TFLite interpreter: LiteRT's (``ai-edge-litert``) where installed, else TensorFlow's.
 
     `preserve_all_tensors` keeps intermediate tensors readable after ``invoke`` (tests).
+    `reference_kernels` runs TFLite's built-in reference kernels instead of the default
+    (XNNPACK-delegated) ones.
     """
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # LiteRT has no wheel for this platform
-        Interpreter = tf.lite.Interpreter
+        Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
     return Interpreter(model_content=model_content, num_threads=num_threads,
-                       experimental_preserve_all_tensors=preserve_all_tensors)
+                       experimental_preserve_all_tensors=preserve_all_tensors,
+                       experimental_op_resolver_type=resolver)
 
 
 def tflite_ops(interpreter):

@@ -65,6 +65,8 @@ from tfadaqat.cost import cost
 from tfadaqat.layer_kinds import INTEGER_OPS, activation_name, kind_of
 from tfadaqat.layers import ChannelAffine
 from tfadaqat.quantize import load_model
+from tfadaqat.runtimes import run as run_on_runtime
+from tfadaqat.runtimes import RUNTIMES, validate_runtimes
 from tfadaqat.tensors import is_quantized_wrapper, unwrapped_layer
 
 _layers = keras.layers
@@ -104,6 +106,11 @@ class ExportReport:
       ops: The TFLite op names in the file, in order.
       layers: Per quantized kernel, the learned bits and distinct integers in the file.
       examples: Examples compared with the Keras model (0 without ``verify_with``).
+      runtimes: Per runtime verified on (:mod:`tfadaqat.runtimes`, ``export_tflite``'s
+        `runtimes`), the agreement with the Keras model: ``top1_agreement``,
+        ``top1_strict_agreement``, ``max_output_difference``, ``within_one_step``,
+        ``within_two_steps`` and ``differing`` (share of output values not equal to Keras').
+        The fields below are those of the first runtime.
       top1_agreement: Fraction of examples where the file's and the Keras model's sets of
         top-scoring classes share a class. Quantized logits often tie at the top, and which
         of the tied classes ``argmax`` returns is arbitrary; ties count once.
@@ -122,6 +129,7 @@ class ExportReport:
     ops: List[str]
     layers: List[LayerExport]
     examples: int = 0
+    runtimes: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
     top1_agreement: Optional[float] = None
     top1_strict_agreement: Optional[float] = None
     max_output_difference: Optional[float] = None
@@ -843,8 +851,8 @@ def _restore_offset_constants(model, saved) -> None:
 
 def export_tflite(model, path: str, *, representative_dataset=None,
                   input_type=tf.float32, output_type=tf.float32,
-                  verify_with=None, align: bool = True, weight_storage: str = "int8",
-                  allow_float_ops: bool = False,
+                  verify_with=None, runtimes=("xnnpack",), align: bool = True,
+                  weight_storage: str = "int8", allow_float_ops: bool = False,
                   progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
     """Writes `model` as a TFLite file with int8 kernels at its learned bit-widths.
 
@@ -858,6 +866,9 @@ def export_tflite(model, path: str, *, representative_dataset=None,
       output_type: ``tf.float32`` (dequantize inside the file) or ``tf.int8``.
       verify_with: Optional examples (array or dataset, as above) run through the file and the
         Keras model in inference mode; the report then holds their agreement.
+      runtimes: The runtimes `verify_with` runs the file on (:mod:`tfadaqat.runtimes`):
+        "xnnpack" (LiteRT's default), "builtin" (TFLite's reference kernels), "tflm"
+        (TensorFlow Lite Micro, package ``tflite-micro``). Checked before anything is done.
       align: First move the model's biases onto TFLite's int32 bias grid, in place
         (:func:`align_biases`), so that file and model compute the same thing. False leaves
         the model untouched, and the file then rounds each bias on its own.
@@ -888,6 +899,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise OSError(f"cannot write {path!r}: folder {folder!r} is missing or not writable")
     say = progress or (lambda message: None)
+    runtimes = validate_runtimes(runtimes)
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
                          f"{weight_storage!r}")
@@ -901,7 +913,8 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     original_constants = _offset_constants(model) if align else None
     try:
         return _export(model, path, folder, say, representative_dataset, input_type,
-                       output_type, verify_with, align, weight_storage, allow_float_ops)
+                       output_type, verify_with, runtimes, align, weight_storage,
+                       allow_float_ops)
     except BaseException:
         if original_weights is not None:  # alignment moved biases: put them back
             model.set_weights(original_weights)
@@ -910,7 +923,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
 
 
 def _export(model, path, folder, say, representative_dataset, input_type, output_type,
-            verify_with, align, weight_storage, allow_float_ops) -> ExportReport:
+            verify_with, runtimes, align, weight_storage, allow_float_ops) -> ExportReport:
     calibrated = representative_dataset is not None
     if align:
         say(f"aligned the biases of {align_biases(model, weight_storage)} layers with the "
@@ -947,8 +960,8 @@ def _export(model, path, folder, say, representative_dataset, input_type, output
                           layers=_stored_weights(plan, interpreter), float_ops=float_ops,
                           **_sizes(model))
     if verify_with is not None:
-        say("verifying against the Keras model")
-        _verify(model, interpreter, verify_with, report)
+        say(f"verifying against the Keras model on {', '.join(runtimes)}")
+        _verify(model, content, verify_with, runtimes, report)
     # Written last: an export that fails or is interrupted (verification included) leaves
     # no file, and an existing file at `path` is replaced whole or not at all.
     say(f"writing {path} ({len(content):,} bytes)")
@@ -1031,34 +1044,32 @@ def _examples(model, data) -> np.ndarray:
     return np.asarray(data, np.float32)
 
 
-def _verify(model, interpreter, data, report: ExportReport) -> None:
+def _verify(model, content: bytes, data, runtimes, report: ExportReport) -> None:
     images = _examples(model, data)
     expected = model.predict(images, verbose=0)
     output_wrapper = model.outputs[0]._keras_history.layer
     quantizer, variables = wrapper_output_quantizer(output_wrapper) \
         if _quantized_wrapper(output_wrapper) else (None, None)
-    input_detail = interpreter.get_input_details()[0]
-    output_detail = interpreter.get_output_details()[0]
-    step = quantizer.integer_grid(None, variables)[0] if quantizer is not None \
-        else output_detail["quantization"][0] or 1.0
-    results = []
-    for image in images:
-        value = image[None]
-        if input_detail["dtype"] == np.int8:
-            scale, zero_point = input_detail["quantization"]
-            value = np.clip(np.round(value / scale) + zero_point, -128, 127).astype(np.int8)
-        interpreter.set_tensor(input_detail["index"], value)
-        interpreter.invoke()
-        output = interpreter.get_tensor(output_detail["index"]).astype(np.float32)
-        if output_detail["dtype"] == np.int8:
-            scale, zero_point = output_detail["quantization"]
-            output = (output - zero_point) * scale
-        results.append(output[0])
-    results = np.stack(results)
+    if quantizer is not None:
+        step = quantizer.integer_grid(None, variables)[0]
+    else:  # an output tfadaqat did not quantize: the file's int8 step, else float units
+        step = _output_tensor_step(content) or 1.0
     report.examples = len(images)
-    for name, value in output_agreement(results, expected, step).items():
-        setattr(report, name, value)
     report.output_step = float(step)
+    for runtime in runtimes:
+        outputs = run_on_runtime(content, runtime, images)
+        report.runtimes[runtime] = output_agreement(outputs, expected, step)
+    for name, value in report.runtimes[runtimes[0]].items():
+        if hasattr(report, name):
+            setattr(report, name, value)
+
+
+def _output_tensor_step(content: bytes) -> Optional[float]:
+    """The scale of the file's output when it is int8 (None for a float output)."""
+    interpreter = tflite_interpreter(content)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_output_details()[0]
+    return float(detail["quantization"][0]) if detail["dtype"] == np.int8 else None
 
 
 def output_agreement(outputs: np.ndarray, expected: np.ndarray, step: float
@@ -1075,7 +1086,8 @@ def output_agreement(outputs: np.ndarray, expected: np.ndarray, step: float
     Returns:
       ``top1_agreement`` (some class is at the top of both; ties count once),
       ``top1_strict_agreement`` (``argmax`` equal, ties broken by index),
-      ``max_output_difference`` (in steps) and ``within_two_steps`` (share of values).
+      ``max_output_difference`` (in steps), ``within_one_step``, ``within_two_steps`` and
+      ``differing`` (shares of values: within 1 or 2 steps, not equal).
     """
     tops = [np.isclose(values, values.max(-1, keepdims=True), rtol=0, atol=step / 4)
             for values in (outputs, expected)]
@@ -1084,7 +1096,9 @@ def output_agreement(outputs: np.ndarray, expected: np.ndarray, step: float
             "top1_strict_agreement": float(np.mean(np.argmax(outputs, -1)
                                                    == np.argmax(expected, -1))),
             "max_output_difference": float(np.max(steps)),
-            "within_two_steps": float(np.mean(steps <= 2.0 + 1e-3))}
+            "within_one_step": float(np.mean(steps <= 1.0 + 1e-3)),
+            "within_two_steps": float(np.mean(steps <= 2.0 + 1e-3)),
+            "differing": float(np.mean(steps > 1e-3))}
 
 
 def _digits_like(model) -> np.ndarray:
@@ -1110,7 +1124,12 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
                         help="int4 packs kernels of <= 4 bits (smaller, slower with XNNPACK)")
     parser.add_argument("--verify-digits", action="store_true",
                         help="compare with Keras on scikit-learn's digits (resized)")
+    parser.add_argument("--runtimes", default="xnnpack",
+                        help=f"comma-separated runtimes to verify on, among "
+                             f"{','.join(RUNTIMES)} (default xnnpack)")
     args = parser.parse_args(argv)
+    runtimes = validate_runtimes([name.strip() for name in args.runtimes.split(",")
+                                  if name.strip()])
     print(f"loading {args.model}", flush=True)
     try:
         model = load_model(args.model)
@@ -1120,17 +1139,19 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
     io_type = tf.int8 if args.int8_io else tf.float32
     verify = _digits_like(model) if args.verify_digits else None
     report = export_tflite(model, args.out, input_type=io_type, output_type=io_type,
-                           verify_with=verify, weight_storage=args.weight_storage,
+                           verify_with=verify, runtimes=runtimes,
+                           weight_storage=args.weight_storage,
                            progress=lambda m: print(m, flush=True))
     print(f"file {report.file_bytes:,} bytes; float32 {report.float32_bytes:,}; packed "
           f"{report.packed_bytes:,.0f}; {report.packing}")
     for row in report.layers:
         print(f"  {row.layer}: {row.bits} bits, {row.distinct_values} distinct of "
               f"{row.allowed_values} allowed")
-    if report.examples:
-        print(f"verified on {report.examples} images: top-1 agreement "
-              f"{report.top1_agreement:.4f}, largest output difference "
-              f"{report.max_output_difference:.2f} steps")
+    for runtime, agreement in report.runtimes.items():
+        print(f"verified on {report.examples} images with {runtime}: top-1 agreement "
+              f"{agreement['top1_agreement']:.4f}, largest output difference "
+              f"{agreement['max_output_difference']:.2f} steps, "
+              f"{agreement['differing']:.2%} of outputs differ")
     return 0
 
 

@@ -210,7 +210,7 @@ class QuantizedModel(keras.Model):
             return
         with self.distribute_strategy.scope():
             self._skip_state = _SkipState(
-                metric=keras.metrics.Sum(name=SKIPPED_STEPS_METRIC, dtype=tf.float32),
+                metric=non_finite_lib.SkippedStepsMetric(),
                 total=tf.Variable(0, dtype=tf.int64, trainable=False,
                                   aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA),
                 consecutive=tf.Variable(

@@ -119,6 +119,25 @@ def build_optimizer(optimizer, variables) -> None:
             optimizer._create_all_weights(variables)  # legacy optimizers
 
 
+class SkippedStepsMetric(keras.metrics.Sum):
+    """The per-epoch count of skipped steps, in the logs as ``skipped_steps``.
+
+    It is one of the model's ``metrics`` (so that Keras resets it every epoch and reports it
+    beside the loss) but holds no state worth keeping: it is neither saved nor loaded, so a
+    model saved by a tfadaqat without it (before the guard existed), or compiled without the
+    guard, loads either way.
+    """
+
+    def __init__(self, name: str = SKIPPED_STEPS_METRIC, dtype=tf.float32):
+        super().__init__(name=name, dtype=dtype)
+
+    def save_own_variables(self, store):
+        del store
+
+    def load_own_variables(self, store):
+        del store
+
+
 class StopOnSkippedSteps(keras.callbacks.Callback):
     """Warns on every skipped step and ends ``fit`` after `limit` of them in a row.
 

@@ -1,0 +1,122 @@
+"""The TFLite runtimes an exported file is run and verified on.
+
+The same integer file gives different outputs on different runtimes: each rounds its
+requantizations (the int32 accumulator times a fixed-point multiplier, shifted back to int8)
+in its own way, and one-step differences compound through a deep network.
+
+* ``"xnnpack"``: LiteRT's default CPU path (the XNNPACK delegate, what phones run through
+  LiteRT). ``export_tflite`` verifies on it by default.
+* ``"builtin"``: LiteRT's built-in reference kernels (``OpResolverType.BUILTIN_REF``), the
+  portable C++ kernels TFLite's optimized ones are tested against.
+* ``"tflm"``: TensorFlow Lite Micro, the runtime of microcontrollers, through the
+  ``tflite-micro`` package's interpreter (an optional dependency:
+  ``pip install tflite-micro``); it shares its integer arithmetic with the reference kernels.
+
+:func:`run` feeds float examples one at a time, quantizing them when the file's input is
+int8, and returns float outputs, dequantized when the file's output is int8.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence, Tuple
+
+import numpy as np
+
+from tfadaqat._compat import tflite_interpreter
+
+RUNTIMES = ("xnnpack", "builtin", "tflm")
+TFLM_PACKAGE = "tflite-micro"
+
+
+def validate_runtimes(runtimes: Sequence[str]) -> Tuple[str, ...]:
+    """`runtimes` as a tuple of known names, each once, in the order given.
+
+    Raises:
+      ValueError: For an empty sequence, a string instead of a sequence, or an unknown name
+        (the message lists the known ones).
+      ImportError: For ``"tflm"`` without the ``tflite-micro`` package (names it).
+    """
+    if isinstance(runtimes, str) or not runtimes:
+        raise ValueError(f"runtimes must be a non-empty sequence of names among {RUNTIMES}, "
+                         f"got {runtimes!r}")
+    unknown = [name for name in runtimes if name not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {unknown}; known: {list(RUNTIMES)}")
+    if "tflm" in runtimes:
+        _tflm_module()
+    return tuple(dict.fromkeys(runtimes))
+
+
+def _tflm_module():
+    try:
+        from tflite_micro.python.tflite_micro import runtime as tflm_runtime
+    except ImportError as error:
+        raise ImportError(
+            f"runtime 'tflm' (TensorFlow Lite Micro) needs the {TFLM_PACKAGE!r} package: "
+            f"pip install {TFLM_PACKAGE} (or pip install 'tfadaqat[export]')") from error
+    return tflm_runtime
+
+
+def _quantize(values: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    if dtype != np.int8:
+        return values.astype(np.float32)
+    return np.clip(np.round(values / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def _dequantize(values: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    values = values.astype(np.float32)
+    return (values - zero_point) * scale if dtype == np.int8 else values
+
+
+def _litert_invoker(content: bytes, reference_kernels: bool) -> Callable[[np.ndarray],
+                                                                          np.ndarray]:
+    interpreter = tflite_interpreter(content, reference_kernels=reference_kernels)
+    interpreter.allocate_tensors()
+    source = interpreter.get_input_details()[0]
+    target = interpreter.get_output_details()[0]
+
+    def invoke(example: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(source["index"], _quantize(example[None], source["dtype"],
+                                                          *source["quantization"]))
+        interpreter.invoke()
+        return _dequantize(interpreter.get_tensor(target["index"])[0], target["dtype"],
+                           *target["quantization"])
+
+    return invoke
+
+
+def _first_quantization(detail: Dict) -> Tuple[float, int]:
+    parameters = detail["quantization_parameters"]
+    if len(parameters["scales"]) == 0:
+        return 1.0, 0
+    return float(parameters["scales"][0]), int(parameters["zero_points"][0])
+
+
+def _tflm_invoker(content: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    interpreter = _tflm_module().Interpreter.from_bytes(content)
+    source, target = interpreter.get_input_details(0), interpreter.get_output_details(0)
+
+    def invoke(example: np.ndarray) -> np.ndarray:
+        interpreter.set_input(_quantize(example[None], source["dtype"],
+                                        *_first_quantization(source)), 0)
+        interpreter.invoke()
+        return _dequantize(interpreter.get_output(0)[0], target["dtype"],
+                           *_first_quantization(target))
+
+    return invoke
+
+
+def invoker(content: bytes, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one float example (no batch axis) to the file's float output on
+    `runtime`."""
+    validate_runtimes([runtime])
+    if runtime == "tflm":
+        return _tflm_invoker(content)
+    return _litert_invoker(content, reference_kernels=runtime == "builtin")
+
+
+def run(content: bytes, runtime: str, examples: np.ndarray) -> np.ndarray:
+    """The outputs of the TFLite file `content` on `runtime` for float `examples`
+    (``[count, ...]``), as float ``[count, ...]``."""
+    invoke = invoker(content, runtime)
+    return np.stack([invoke(example) for example in np.asarray(examples, np.float32)])
