@@ -53,12 +53,18 @@ from tfadaqat._compat import keras, tf, tfmot
 from models import resnet20
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch_size", 128, "Images per training step.")
-flags.DEFINE_integer("steps", 2, "Training steps timed per round and model.")
-flags.DEFINE_integer("rounds", 25, "Interleaved rounds; the median round is reported.")
-flags.DEFINE_list("methods", list(tfadaqat.METHODS), "tfadaqat methods to time.")
-flags.DEFINE_integer("bits", 4, "Weight and activation bits of the tfadaqat models.")
-flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow inter-op threads (0: TF's default).")
+
+
+def define_flags() -> None:
+    """The command line's flags (defined when run, not on import: the tests import
+    :func:`check_targets` beside other benches' flags)."""
+    flags.DEFINE_integer("batch_size", 128, "Images per training step.")
+    flags.DEFINE_integer("steps", 2, "Training steps timed per round and model.")
+    flags.DEFINE_integer("rounds", 25, "Interleaved rounds; the median round is reported.")
+    flags.DEFINE_list("methods", list(tfadaqat.METHODS), "tfadaqat methods to time.")
+    flags.DEFINE_integer("bits", 4, "Weight and activation bits of the tfadaqat models.")
+    flags.DEFINE_integer("inter_op_threads", 1,
+                         "TensorFlow inter-op threads (0: TF's default).")
 
 
 def _compiled(model, **options):
@@ -169,4 +175,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
