@@ -35,9 +35,12 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 
 from tfadaqat._compat import keras, tf
+from tfadaqat.cost import cost
 from tfadaqat.oqat.architecture import SupernetSpec, build_subnet
 from tfadaqat.oqat.space import SearchSpace, SubnetConfig
+from tfadaqat.quantize import quantize_model
 from tfadaqat.quantizers import LSQQuantizer
+from tfadaqat.tensors import quantized_tensors, unwrapped_layer
 
 _EPSILON = 1e-3  # Keras' BatchNormalization default, which extracted models use
 
@@ -374,8 +377,6 @@ def extract(supernet: Supernet, config: SubnetConfig):
     weights, recalibrated BatchNorm statistics and the shared steps; its outputs equal
     ``supernet(x, config=config)`` in inference mode, and :func:`tfadaqat.summary` and
     :func:`tfadaqat.export_tflite` accept it."""
-    from tfadaqat.tensors import quantized_tensors, unwrapped_layer
-
     float_model = build_subnet(config, supernet.spec, supernet.space,
                                name=f"oqat_{supernet.bits}bit_subnet")
     model = quantize_subnet(float_model, supernet.bits, supernet.edge_bits)
@@ -423,8 +424,6 @@ def quantize_subnet(float_model, bits: int, edge_bits: Optional[int] = None):
     """A :func:`build_subnet` model quantized as the supernet quantizes it: LSQ at `bits`
     everywhere, the stem convolution and the classifier in float (`edge_bits` None) or, with
     the input, at `edge_bits`."""
-    from tfadaqat.quantize import quantize_model
-
     if edge_bits is None:
         edges = {"skip": ("stem_conv", "classifier"), "quantize_inputs": False}
     else:
@@ -437,8 +436,6 @@ def network_cost(config: SubnetConfig, spec: SupernetSpec, space: SearchSpace, b
                  edge_bits: Optional[int] = None):
     """:func:`tfadaqat.cost` of the whole quantized sub-network `config` (stem and
     classifier included, as counted for any other quantized model), without a supernet."""
-    from tfadaqat.cost import cost
-
     return cost(quantize_subnet(build_subnet(config, spec, space), bits, edge_bits))
 
 
