@@ -295,6 +295,14 @@ def _print_table(results) -> None:
                 print(f"{'':<24} {'':<7} error: {row['error']}")
 
 
+def may_start(name: str, running, jobs: int) -> bool:
+    """Whether model `name` may start beside the models `running`, with `jobs` at a time:
+    a ``RUN_ALONE`` model starts only when nothing runs, and nothing starts beside one."""
+    if len(running) >= jobs:
+        return False
+    return not running or (name not in RUN_ALONE and not set(running) & set(RUN_ALONE))
+
+
 def main(argv) -> int:
     del argv
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -328,14 +336,9 @@ def main(argv) -> int:
                 stdout=stdout, stderr=stderr, text=True, env=environment)
         running[name] = (process, stdout_path, stderr_path)
 
-    def may_start(name):
-        if len(running) >= FLAGS.jobs:
-            return False
-        return not running or (name not in RUN_ALONE and not set(running) & set(RUN_ALONE))
-
     try:
         while pending or running:
-            while pending and may_start(pending[0]):
+            while pending and may_start(pending[0], list(running), FLAGS.jobs):
                 start(pending.pop(0))
             finished = [name for name, (process, _, _) in running.items()
                         if process.poll() is not None]

@@ -60,3 +60,15 @@ def test_noise_floor_restores_the_model():
     floor = model_zoo.noise_floor(qmodel, x, step=0.01)
     np.testing.assert_array_equal(qmodel.predict(x, verbose=0), before)
     assert 0.0 <= floor["noise_within_two_steps"] <= 1.0
+
+
+def test_memory_heavy_models_run_alone():
+    assert model_zoo.RUN_ALONE == ("NASNetMobile", "InceptionResNetV2")
+    assert model_zoo.may_start("VGG16", [], jobs=2)
+    assert model_zoo.may_start("VGG16", ["ResNet50"], jobs=2)
+    assert not model_zoo.may_start("VGG16", ["ResNet50", "Xception"], jobs=2)
+    assert not model_zoo.may_start("VGG16", ["ResNet50"], jobs=1)
+    assert not model_zoo.may_start("NASNetMobile", ["ResNet50"], jobs=2)   # waits to be alone
+    assert model_zoo.may_start("NASNetMobile", [], jobs=2)
+    assert not model_zoo.may_start("VGG16", ["NASNetMobile"], jobs=2)     # nothing beside it
+    assert not model_zoo.may_start("InceptionResNetV2", ["NASNetMobile"], jobs=2)
