@@ -248,13 +248,6 @@ def test_subclassed_model_is_refused():
         tfadaqat.quantize_model(model)
 
 
-def test_keras3_model_is_refused_with_instructions():
-    import keras as keras3
-    model = keras3.Sequential([keras3.Input((3,)), keras3.layers.Dense(2)])
-    with pytest.raises(ValueError, match="built with Keras 3.*tf-keras"):
-        tfadaqat.quantize_model(model)
-
-
 def test_already_quantized_model_is_refused():
     qmodel = _quantize(mlp(), "lsq")
     with pytest.raises(ValueError, match="already quantized"):

@@ -30,11 +30,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfadaqat import configs as configs_lib
 from tfadaqat import quantizers as quantizers_lib
-from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, is_keras3_object,
-                              keras, tf, tfmot)
+from tfadaqat._compat import functional_nodes_by_depth, is_graph_network, keras, tf, tfmot
 from tfadaqat.adaqat import AdaQATRule
 from tfadaqat.budget import QUANTITIES, Budget
 from tfadaqat.graph import INPUT_POINT_SUFFIX, flatten_model
+from tfadaqat.keras3 import from_keras3, is_keras3_model
 from tfadaqat.layer_kinds import (activation_name, is_custom_layer, is_non_negative_activation,
                                   kind_of)
 from tfadaqat.layers import ChannelAffine, QuantizationPoint
@@ -54,7 +54,9 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
     """Returns a copy of `model` ready for quantization-aware training with learned bit-widths.
 
     Args:
-      model: A built tf-keras Sequential or Functional model (nested models are flattened).
+      model: A built tf-keras Sequential or Functional model (nested models are flattened),
+        or a Keras 3 one of standard layers, which is first rebuilt in tf-keras with the
+        same weights (:func:`tfadaqat.keras3.from_keras3`).
       method: "adaqat" (relaxed bit-widths learned by finite differences, DoReFa weights,
         PACT activations), "dq" (learned step and range, derived bit-width) or "lsq" (fixed
         bit-widths, learned step).
@@ -90,9 +92,10 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       quantizer parameters initialise on the first batch of ``fit``/``evaluate``/``predict``.
 
     Raises:
-      ValueError: For bad arguments (naming the argument and allowed values), a subclassed,
-        Keras 3 or already quantized model, `skip` naming a missing layer, or a budget that
-        the model cannot reach (the message states the smallest reachable cost).
+      ValueError: For bad arguments (naming the argument and allowed values), a subclassed
+        or already quantized model, a Keras 3 model with layers tf-keras lacks (named),
+        `skip` naming a missing layer, or a budget that the model cannot reach (the message
+        states the smallest reachable cost).
 
     Example:
       >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -117,6 +120,8 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                          f"got {weight_bits}")
     configs_lib.validate_options(method, method_options)
     _check_budget_arguments(method, budget, cost_weight, learn_bits, adaqat_rule)
+    if is_keras3_model(model):
+        model = from_keras3(model)
     _check_model(model)
     if isinstance(skip, str):
         skip = (skip,)
@@ -242,12 +247,6 @@ def _short_name(weight) -> str:
 
 
 def _check_model(model) -> None:
-    if is_keras3_object(model):
-        raise ValueError(
-            "this model was built with Keras 3 (`import keras` / `tf.keras` without legacy "
-            "Keras); tfadaqat and TFMOT need tf-keras. Build it with `import tfadaqat` first "
-            "(which enables legacy Keras) and `import tf_keras as keras`, or use "
-            "`tf.keras` after `import tfadaqat`.")
     if not isinstance(model, keras.Model):
         raise ValueError(f"model must be a tf-keras Model, got {type(model).__name__}")
     if not is_graph_network(model):
