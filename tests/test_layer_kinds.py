@@ -328,7 +328,8 @@ def _rescaling_and_adapted_normalization():
 
 
 @pytest.mark.parametrize("builder", [rescaling_and_normalization,
-                                     _rescaling_and_adapted_normalization], ids=str)
+                                     _rescaling_and_adapted_normalization],
+                         ids=lambda builder: builder.__name__)
 def test_alignment_puts_rescaling_and_normalization_offsets_on_the_bias_grid(builder, tmp_path):
     # Exported alone, Rescaling and Normalization are 1x1 depthwise convolutions of weight
     # 127 and scale |m| / 127 whose int32 bias is the offset in units of input step x scale.
