@@ -381,8 +381,10 @@ def test_output_agreement_golden_values():
     outputs = np.array([[0.0, 1.0, 0.5], [1.1, 0.0, 1.0], [2.0, 0.5, 0.0]])
     expected = np.array([[0.0, 1.5, 0.5], [0.5, 0.0, 1.0], [0.0, 1.0, 0.0]])
     agreement = export.output_agreement(outputs, expected, 0.5)
+    # Differences in steps: [0, 1, 0], [1.2, 0, 0], [4, 1, 0].
     assert agreement == {"top1_agreement": 2 / 3, "top1_strict_agreement": 1 / 3,
-                         "max_output_difference": 4.0, "within_two_steps": 8 / 9}
+                         "max_output_difference": 4.0, "within_one_step": 7 / 9,
+                         "within_two_steps": 8 / 9, "differing": 4 / 9}
 
 
 def test_a_two_output_model_is_refused_with_the_way_out_and_that_way_exports(tmp_path):
