@@ -65,7 +65,8 @@ flags.DEFINE_string("out", "runs/bench_model_zoo", "Folder for files and the JSO
 flags.DEFINE_string("one", None, "Internal: run one model in this process, print JSON.")
 flags.DEFINE_integer("jobs", 1, "Models run at the same time (each in its own process).",
                      lower_bound=1)
-flags.DEFINE_boolean("resume", False, "Keep the models already in <out>/model_zoo.json.")
+flags.DEFINE_boolean("resume", False, "Keep the models already in <out>/model_zoo.json "
+                     "(those whose process died are run again).")
 
 EXAMPLES = 64
 AGREEMENT = 0.99
@@ -107,8 +108,9 @@ ALL_MODELS = MICRO + ("MobileNet", "MobileNetV2", "MobileNetV3Small", "RegNetX00
 assert set(ALL_MODELS) == set(APPLICATIONS) | set(MICRO)
 # Run with no other model beside them under --jobs > 1: the kernel killed them for memory
 # beside other TensorFlow processes (NASNetMobile reached 18.7 GB resident while converting,
-# InceptionResNetV2 8.4 GB, on a 24 GB machine).
-RUN_ALONE = ("NASNetMobile", "InceptionResNetV2")
+# InceptionResNetV2 8.4 GB, ResNetRS50 13.9 GB beside DenseNet121 on 2026-12-07, on a 24 GB
+# machine).
+RUN_ALONE = ("NASNetMobile", "InceptionResNetV2", "ResNetRS50")
 
 
 def build(name: str):
@@ -295,6 +297,12 @@ def _print_table(results) -> None:
                 print(f"{'':<24} {'':<7} error: {row['error']}")
 
 
+def _process_died(result) -> bool:
+    """Whether `result` (a model's table entry) records its process dying, not a verdict."""
+    return all(str(row.get("error", "")).startswith("subprocess exited")
+               for row in result["rows"])
+
+
 def may_start(name: str, running, jobs: int) -> bool:
     """Whether model `name` may start beside the models `running`, with `jobs` at a time:
     a ``RUN_ALONE`` model starts only when nothing runs, and nothing starts beside one."""
@@ -319,7 +327,8 @@ def main(argv) -> int:
         with open(table_path) as stream:
             done = {result["model"]: result for result in json.load(stream)}
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    pending = [name for name in names if name not in done]
+    # A model whose process died (killed for memory, say) is run again; its rows say so.
+    pending = [name for name in names if name not in done or _process_died(done[name])]
     log_folder = os.path.join(FLAGS.out, "logs")
     os.makedirs(log_folder, exist_ok=True)
     running = {}  # name -> (process, stdout path, stderr path)
@@ -370,7 +379,9 @@ def main(argv) -> int:
                 print(f"    {name} {row['method']}: {status}{agreement} in {row['seconds']:.0f} s",
                       flush=True)
             with open(table_path, "w") as stream:  # after every model: a cut run keeps its rows
-                json.dump([done[n] for n in names if n in done], stream, indent=1)
+                # Every model done, not only those asked for: --models with --resume adds
+                # to the table instead of replacing it.
+                json.dump([done[n] for n in ALL_MODELS if n in done], stream, indent=1)
     finally:  # an interrupted run leaves no model running on in the background
         for process, _, _ in running.values():
             process.kill()

@@ -63,7 +63,7 @@ def test_noise_floor_restores_the_model():
 
 
 def test_memory_heavy_models_run_alone():
-    assert model_zoo.RUN_ALONE == ("NASNetMobile", "InceptionResNetV2")
+    assert model_zoo.RUN_ALONE == ("NASNetMobile", "InceptionResNetV2", "ResNetRS50")
     assert model_zoo.may_start("VGG16", [], jobs=2)
     assert model_zoo.may_start("VGG16", ["ResNet50"], jobs=2)
     assert not model_zoo.may_start("VGG16", ["ResNet50", "Xception"], jobs=2)
@@ -72,3 +72,14 @@ def test_memory_heavy_models_run_alone():
     assert model_zoo.may_start("NASNetMobile", [], jobs=2)
     assert not model_zoo.may_start("VGG16", ["NASNetMobile"], jobs=2)     # nothing beside it
     assert not model_zoo.may_start("InceptionResNetV2", ["NASNetMobile"], jobs=2)
+
+
+def test_resume_runs_again_a_model_whose_process_died():
+    died = {"model": "ResNetRS50", "rows": [
+        {"method": method, "ok": False, "seconds": 0.0, "error": "subprocess exited -9: ..."}
+        for method in ("tfmot", "adaqat", "dq", "lsq")]}
+    assert model_zoo._process_died(died)
+    judged = {"model": "VGG16", "rows": [
+        {"method": "tfmot", "ok": True, "file_bytes": 10},
+        {"method": "lsq", "ok": False, "error": "ValueError: x"}]}
+    assert not model_zoo._process_died(judged)
