@@ -63,11 +63,6 @@ _CONSTRAINTS = ("kernel_constraint", "bias_constraint", "depthwise_constraint",
                 "embeddings_constraint")
 
 
-def is_keras3_model(model) -> bool:
-    """Whether `model` is a Keras 3 model (rather than tf-keras)."""
-    return is_keras3_object(model)
-
-
 def _is_keras3_layer(operation) -> bool:
     module = type(operation).__module__ or ""
     return module.startswith("keras.src.layers.") or module.startswith("keras.layers")
@@ -209,7 +204,7 @@ def from_keras3(model):
       ValueError: For a model that is not a built Functional or Sequential model, or that
         holds layers or ops without a tf-keras counterpart (all of them named).
     """
-    if not is_keras3_model(model):
+    if not is_keras3_object(model):
         raise ValueError(f"model {getattr(model, 'name', model)!r} is not a Keras 3 model")
     if type(model).__name__ == "Sequential":
         functional = getattr(model, "_functional", None)
@@ -259,10 +254,10 @@ def from_keras3(model):
                 outputs = KERAS3_ACTIVATIONS[activation](outputs, f"{operation.name}_{activation}")
         for old, new in zip(tf.nest.flatten(node.output_tensors), tf.nest.flatten(outputs)):
             tensors[id(old)] = new
-    rebuilt = keras.Model([tensors[id(tensor)] for tensor in graph.inputs],
-                          [tensors[id(tensor)] for tensor in graph.outputs], name=model.name)
-    if len(graph.inputs) == 1 and len(graph.outputs) == 1:
-        rebuilt = keras.Model(rebuilt.inputs[0], rebuilt.outputs[0], name=model.name)
+    inputs = [tensors[id(tensor)] for tensor in graph.inputs]
+    outputs = [tensors[id(tensor)] for tensor in graph.outputs]
+    rebuilt = keras.Model(inputs[0] if len(inputs) == 1 else inputs,
+                          outputs[0] if len(outputs) == 1 else outputs, name=model.name)
     for operation, layer in pairs:
         _copy_weights(operation, layer)
     return rebuilt

@@ -30,11 +30,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfadaqat import configs as configs_lib
 from tfadaqat import quantizers as quantizers_lib
-from tfadaqat._compat import functional_nodes_by_depth, is_graph_network, keras, tf, tfmot
+from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, is_keras3_object,
+                              keras, tf, tfmot)
 from tfadaqat.adaqat import AdaQATRule
 from tfadaqat.budget import QUANTITIES, Budget
 from tfadaqat.graph import INPUT_POINT_SUFFIX, flatten_model
-from tfadaqat.keras3 import from_keras3, is_keras3_model
+from tfadaqat.keras3 import from_keras3
 from tfadaqat.layer_kinds import (activation_name, is_custom_layer, is_non_negative_activation,
                                   kind_of)
 from tfadaqat.layers import ChannelAffine, QuantizationPoint
@@ -120,7 +121,7 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                          f"got {weight_bits}")
     configs_lib.validate_options(method, method_options)
     _check_budget_arguments(method, budget, cost_weight, learn_bits, adaqat_rule)
-    if is_keras3_model(model):
+    if is_keras3_object(model):
         model = from_keras3(model)
     _check_model(model)
     if isinstance(skip, str):
