@@ -2,11 +2,12 @@
 
 It is an ordinary tf-keras Functional model (same layers, same ``compile``/``fit``/``save``)
 with one addition: quantizer parameters that depend on data (clips and steps) are initialised
-from the first batch the model sees in ``fit``, ``evaluate`` or ``predict``. The first step is
-traced in :func:`tfadaqat.quantizers.initialization_mode`, where quantizers assign their
-initial values; every later step runs a second trace without those assignments, so training
-pays for no per-step branch. A model whose quantizers are already initialised (for instance a
-reloaded one) goes straight to the plain trace.
+from the first batch the model sees in ``fit``, ``evaluate`` or ``predict``. The first step runs
+eagerly in :func:`tfadaqat.quantizers.initialization_mode`, where quantizers assign their
+initial values (and the optimizer and metrics create their variables); every later step runs
+one trace without those assignments, so training pays for no per-step branch and the step is
+traced once. A model whose quantizers are already initialised (for instance a reloaded one)
+goes straight to the plain trace.
 
 With a budget (``quantize_model(..., method="dq", budget=...)``) its ``train_step`` adds DQ's
 penalty on the differentiable cost to the loss, and while the penalty is active clips the
@@ -474,7 +475,7 @@ class QuantizedModel(keras.Model):
         function = make(force)
         if getattr(function, "initializes_quantizers", False) or self.quantizers_initialized():
             return function
-        initializing = make(True)
+        initializing = self._make_initializing_function(make)
         initialized = []
 
         def first_step(*args, **kwargs):
@@ -494,3 +495,25 @@ class QuantizedModel(keras.Model):
         first_step.initializes_quantizers = True
         setattr(self, attribute, first_step)
         return first_step
+
+    def _make_initializing_function(self, make):
+        """The function for the first execution: eager when it runs one step.
+
+        A traced first step costs two traces (``tf.function`` traces again after a call that
+        created variables: the optimizer's slots and the metrics), and the plain step a third;
+        tracing, not running, is most of a short fit's time on a large model. Run eagerly, the
+        first step creates those variables and the plain step is traced once. With several
+        steps per execution (or a cluster coordinator) the first execution stays traced: run
+        eagerly, its steps would each pay eager dispatch.
+        """
+        steps = self._steps_per_execution
+        if self._cluster_coordinator or self.jit_compile or (
+                steps is not None and int(steps.numpy()) != 1) or \
+                self.autotune_steps_per_execution:
+            return make(True)
+        run_eagerly = self._run_eagerly
+        self._run_eagerly = True
+        try:
+            return make(True)
+        finally:
+            self._run_eagerly = run_eagerly
