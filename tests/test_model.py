@@ -53,6 +53,30 @@ def test_initialize_quantizers_explicitly():
         np.testing.assert_array_equal(before, after.numpy())
 
 
+@pytest.mark.parametrize("steps_per_execution, python_calls", [(1, 2), (2, 6)])
+def test_a_first_fit_traces_the_training_step_once(steps_per_execution, python_calls):
+    # The first step initialises the quantizers. Run eagerly it calls train_step once in
+    # Python, and the plain step is traced once: 2 calls for 4 steps (3 before). Traced, as
+    # it still is with several steps per execution, the first execution costs two traces
+    # before the plain one, and each trace of the steps_per_execution loop calls the body
+    # twice: 2 x 2 + 2.
+    keras.utils.set_random_seed(0)
+    qmodel = tfadaqat.quantize_model(small_resnet(), "adaqat")
+    qmodel.compile(keras.optimizers.SGD(0.01),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"], steps_per_execution=steps_per_execution)
+    calls = []
+    step = qmodel.train_step
+    qmodel.train_step = lambda data: calls.append(1) or step(data)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
+    history = qmodel.fit(x, np.arange(32) % 3, batch_size=8, epochs=1, verbose=0)
+    assert qmodel.quantizers_initialized()
+    assert np.isfinite(history.history["loss"][0])
+    assert int(qmodel.optimizer.iterations.numpy()) == 4
+    assert len(calls) == python_calls
+    assert qmodel.train_function.experimental_get_tracing_count() == 1
+
+
 def _budget_problem():
     rng = np.random.default_rng(1)
     return (rng.normal(size=(256, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 256))
