@@ -76,8 +76,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
         from absl import logging as absl_logging
         from tfadaqat import export as export_lib
+        from tfadaqat._compat import tf
         absl_logging.set_verbosity(absl_logging.ERROR)
-        export_lib.tf.get_logger().setLevel("ERROR")
+        tf.get_logger().setLevel("ERROR")
         try:
             return export_lib.main(arguments, prog="tfadaqat export")
         except (OSError, ValueError) as error:  # a bad file or model: no traceback

@@ -7,6 +7,8 @@ import pytest
 
 import tfadaqat
 from tfadaqat import export
+from tfadaqat.export import integers as export_integers
+from tfadaqat.export import plan as export_plan
 from tfadaqat._compat import keras, tf, tflite_interpreter, tflite_ops, tflite_schema
 
 layers = keras.layers
@@ -149,7 +151,7 @@ def _values_off_by_a_step(qmodel, path, images):
     """Outputs of the file (built-in kernels) that differ from Keras by half a step or more."""
     interpreter = tflite_interpreter(open(path, "rb").read(), preserve_all_tensors=True)
     interpreter.allocate_tensors()
-    step = export._plan(qmodel).output_grids["quant_relu"][0]
+    step = export_plan.make_plan(qmodel).output_grids["quant_relu"][0]
     off = 0
     for image, expected in zip(images, qmodel.predict(images, verbose=0)):
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
@@ -166,10 +168,10 @@ def test_aligned_biases_make_the_file_compute_what_keras_computes(tmp_path):
     beta = qmodel.get_layer("bn").beta.numpy()
     assert export.align_biases(qmodel) == 1
     # The folded offset now lies on the int32 grid: input step x stored weight step per channel.
-    plan = export._plan(qmodel)
+    plan = export_plan.make_plan(qmodel)
     multiplier, offset = plan.affines["quant_conv"]
     kernel = plan.weights["quant_conv"]
-    _, weight_scale = export._stored_kernel(kernel, multiplier)
+    _, weight_scale = export_integers.stored_kernel(kernel, multiplier)
     unit = plan.output_grids["quant_input_1_quantize_point"][0] * weight_scale
     counts = offset / unit
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-3)

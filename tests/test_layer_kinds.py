@@ -6,6 +6,9 @@ import pytest
 
 import tfadaqat
 from tfadaqat import export
+from tfadaqat.export import convert as export_convert
+from tfadaqat.export import graph as export_graph
+from tfadaqat.export import plan as export_plan
 from tfadaqat._compat import keras, tf
 
 layers = keras.layers
@@ -276,7 +279,7 @@ def test_concatenation_inputs_requantized_exactly(requantize_by_convolution, tmp
     # plain requantization XNNPACK rounds with an 8-bit multiplier and puts some values one
     # step off Keras; through a 1x1 depthwise convolution of weight 1 the file is exact.
     if not requantize_by_convolution:
-        monkeypatch.setattr(export, "_identity_conv", lambda x: x)
+        monkeypatch.setattr(export_graph, "_identity_conv", lambda x: x)
     keras.utils.set_random_seed(0)
     model = _concatenation_of_two_grids()
     x = np.random.default_rng(1).uniform(0.0, 1.0, (64, 8, 8, 3)).astype(np.float32)
@@ -311,7 +314,7 @@ def test_signed_average_pool_rounds_once(tmp_path):
     qmodel = tfadaqat.quantize_model(model, "lsq")
     qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
     qmodel.fit(x, model.predict(x, verbose=0) * 0.5, batch_size=32, epochs=1, verbose=0)
-    plan = export._plan(qmodel)
+    plan = export_plan.make_plan(qmodel)
     output_grid, input_grid = plan.output_grids["quant_mean"], plan.output_grids["quant_signed"]
     assert output_grid[1] < 0 and not np.isclose(output_grid[0], input_grid[0])
     report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
@@ -344,11 +347,11 @@ def test_alignment_puts_rescaling_and_normalization_offsets_on_the_bias_grid(bui
                 for name in ("rescale", "normalize")]
     before = [export.channel_affine_parameters(wrapper.layer)[1] for wrapper in wrappers]
     tfadaqat.align_biases(qmodel)
-    plan = export._plan(qmodel)
+    plan = export_plan.make_plan(qmodel)
     for wrapper, offset_before in zip(wrappers, before):  # Rescaling's offset 0 is on it
         multiplier, offset = export.channel_affine_parameters(wrapper.layer)
         multiplier = np.broadcast_to(np.asarray(multiplier, np.float64), (3,))
-        unit = (export._input_scale(plan, wrapper.name)
+        unit = (export_plan.input_scale(plan, wrapper.name)
                 * np.abs(multiplier).astype(np.float32) / 127.0)
         units = np.broadcast_to(offset, (3,)) / unit
         np.testing.assert_allclose(units, np.round(units), atol=1e-3)
@@ -376,7 +379,7 @@ def test_failed_export_restores_rescaling_and_normalization_constants(tmp_path, 
         assert rescale.offset != saved_offset or not np.array_equal(normalize.mean, saved_mean)
         raise RuntimeError("verification failed")
 
-    monkeypatch.setattr(export, "_verify", fail)
+    monkeypatch.setattr(export_convert, "verify", fail)
     with pytest.raises(RuntimeError, match="verification failed"):
         export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=x)
     assert rescale.offset == saved_offset

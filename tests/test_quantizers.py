@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import tfadaqat
 from tfadaqat import quantizers as Q
 from tfadaqat._compat import keras, tf
 from tfadaqat.quantize import quantize_scope
@@ -30,6 +31,8 @@ def test_config_round_trip(quantizer):
     config = quantizer.get_config()
     assert type(quantizer).from_config(config) == quantizer
     assert Q.get(Q.serialize(quantizer)) == quantizer
+    assert Q.deserialize(Q.serialize(quantizer)) == quantizer
+    assert tfadaqat.quantizers.deserialize(Q.serialize(quantizer)) == quantizer
     with quantize_scope():
         restored = keras.utils.deserialize_keras_object(
             keras.utils.serialize_keras_object(quantizer))
@@ -49,6 +52,18 @@ def test_get_lookup():
         Q.get("nope")
     with pytest.raises(ValueError, match="LSQQuantizer"):
         Q.get(3)
+    assert Q.deserialize(None) is None
+    with pytest.raises(ValueError, match="deserialize expects None or"):
+        Q.deserialize("LSQQuantizer")  # a name is get's, not a serialized description
+    with pytest.raises(ValueError, match="Could not interpret"):
+        Q.deserialize({"class_name": "Nope", "config": {}})
+
+
+def test_public_keras_is_tf_keras():
+    # The README builds models with `from tfadaqat import keras`: it must be legacy tf-keras,
+    # the Keras TFMOT wraps (a Keras 3 layer would be refused by quantize_model).
+    import tf_keras
+    assert tfadaqat.keras is tf_keras
 
 
 @pytest.mark.parametrize("make, message", [

@@ -1,7 +1,9 @@
 """tfadaqat: mixed-precision quantization-aware training with learned bit-widths for tf-keras.
 
 Import this package before building any Keras model: it switches TensorFlow to legacy Keras
-(tf-keras), which TensorFlow Model Optimization needs.
+(tf-keras), which TensorFlow Model Optimization needs; ``tfadaqat.keras`` is that Keras.
+Quantizers are addressable by name like Keras activations: ``tfadaqat.quantizers.get("LSQQuantizer")``,
+``tfadaqat.quantizers.serialize`` / ``deserialize``.
 
 Example:
   >>> import tfadaqat
@@ -10,7 +12,8 @@ Example:
 """
 
 from tfadaqat import _compat  # noqa: F401  (sets up legacy Keras first)
-from tfadaqat import ops
+from tfadaqat import ops, quantizers
+from tfadaqat._compat import keras  # tf-keras, the Keras every tfadaqat model is built with
 from tfadaqat.adaqat import AdaQATRule
 from tfadaqat.configs import METHODS, LayerQuantizeConfig, make_quantizer
 from tfadaqat.model import QuantizedModel
@@ -57,6 +60,7 @@ __all__ = [
     "differentiable_cost",
     "export_tflite",
     "flatten_model",
+    "keras",
     "kind_of",
     "load_model",
     "make_quantizer",
@@ -64,6 +68,7 @@ __all__ = [
     "plot_bit_widths",
     "quantize_model",
     "quantize_scope",
+    "quantizers",
     "quantized_tensors",
     "reestimate_batch_norm",
     "register_layer_kind",

@@ -653,6 +653,18 @@ def serialize(quantizer: Optional[TensorQuantizer]):
     return {"class_name": type(quantizer).__name__, "config": quantizer.get_config()}
 
 
+def deserialize(config) -> Optional[TensorQuantizer]:
+    """The quantizer :func:`serialize` described (None stays None).
+
+    Raises:
+      ValueError: If `config` is not such a description of a tfadaqat quantizer.
+    """
+    if config is not None and not (isinstance(config, dict) and "class_name" in config):
+        raise ValueError(f"deserialize expects None or {{'class_name': ..., 'config': ...}}, "
+                         f"got {config!r}")
+    return get(config)
+
+
 def get(identifier) -> Optional[TensorQuantizer]:
     """Looks a quantizer up from None, a class name, a serialized dict or an instance.
 
