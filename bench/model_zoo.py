@@ -334,7 +334,7 @@ def main(argv) -> int:
     running = {}  # name -> (process, stdout path, stderr path)
 
     def start(name):
-        print(f"[{len(done) + len(running) + 1}/{len(names)}] {name}", flush=True)
+        print(f"[{len(names) - len(pending)}/{len(names)}] {name}", flush=True)  # of this run
         stdout_path = os.path.join(log_folder, f"{name}.out")
         stderr_path = os.path.join(log_folder, f"{name}.err")
         # Files, not pipes: the parent polls several children and never blocks on a full pipe.
