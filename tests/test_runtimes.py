@@ -11,6 +11,9 @@ from tfadaqat import export, runtimes
 from tfadaqat._compat import tf
 from tests.test_export import _data, _trained
 
+# One process for the whole module: its module fixture is built once (Makefile: loadgroup).
+pytestmark = pytest.mark.xdist_group("runtimes")
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -59,6 +62,7 @@ def test_export_reports_the_agreement_on_each_runtime_asked_for(exported, tmp_pa
         assert agreement["max_output_difference"] <= 2.0 + 1e-4
         # A value more than one step off is also a value that differs.
         assert agreement["differing"] >= 1.0 - agreement["within_one_step"]
+    assert report.tflm_arena == runtimes.tflm_arena(content)
     # The report's own fields are the first runtime's.
     assert report.top1_agreement == report.runtimes["tflm"]["top1_agreement"]
     assert report.max_output_difference == report.runtimes["tflm"]["max_output_difference"]
@@ -90,3 +94,29 @@ def test_tflm_without_its_package_names_the_package_before_anything_is_written(
     assert os.listdir(tmp_path) == []
     for old, new in zip(before, qmodel.get_weights()):
         np.testing.assert_array_equal(old, new)
+
+
+def test_tflm_arena_is_the_smallest_ram_tflm_runs_in_and_holds_the_largest_layer(exported):
+    qmodel, files = exported
+    content = files["float_io"]
+    arena = runtimes.tflm_arena(content)
+    module = runtimes._tflm_module()
+    images, _ = _data(4, seed=3)
+    # Oracle: TFLM itself. It runs the file in that arena, with the outputs of a roomy one,
+    # and refuses one 16 bytes (its alignment) smaller.
+    expected = runtimes.run(content, "tflm", images)
+    interpreter = module.Interpreter.from_bytes(content, arena_size=arena["total_bytes"])
+    for image, output in zip(images, expected):
+        interpreter.set_input(np.asarray(image[None], np.float32), 0)
+        interpreter.invoke()
+        np.testing.assert_array_equal(interpreter.get_output(0)[0], output)
+    with pytest.raises(RuntimeError, match="failed to allocate"):
+        module.Interpreter.from_bytes(content, arena_size=arena["total_bytes"] - 16)
+    # What the recording allocator keeps in the end fits in it.
+    assert arena["activation_bytes"] + arena["persistent_bytes"] <= arena["total_bytes"]
+    # Activations are int8 (one byte per value, whatever their learned bits), and a layer's
+    # input and output are alive together.
+    largest = max(int(np.prod(node.input_shape[1:])) + int(np.prod(node.output_shape[1:]))
+                  for node in qmodel.layers
+                  if not isinstance(node.input_shape, list) and len(node.input_shape) == 4)
+    assert arena["activation_bytes"] >= largest

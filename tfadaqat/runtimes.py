@@ -14,10 +14,16 @@ in its own way, and one-step differences compound through a deep network.
 
 :func:`run` feeds float examples one at a time, quantizing them when the file's input is
 int8, and returns float outputs, dequantized when the file's output is int8.
+:func:`tflm_arena` reads how much RAM (the tensor arena) TensorFlow Lite Micro needs for a file.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import re
+import sys
+import tempfile
 from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
@@ -120,3 +126,73 @@ def run(content: bytes, runtime: str, examples: np.ndarray) -> np.ndarray:
     (``[count, ...]``), as float ``[count, ...]``."""
     invoke = invoker(content, runtime)
     return np.stack([invoke(example) for example in np.asarray(examples, np.float32)])
+
+
+_ARENA_LINE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
+
+
+def _native_stderr_of(function: Callable[[], None]) -> str:
+    """What `function` writes to file descriptor 2 (native code's stderr), captured."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            function()
+        finally:
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        return capture.read().decode(errors="replace")
+
+
+def _tflm_fits(runtime, content: bytes, size: int) -> bool:
+    try:
+        runtime.Interpreter.from_bytes(content, arena_size=size)
+    except RuntimeError:  # "TFLM failed to allocate tensors"
+        return False
+    return True
+
+
+def tflm_arena(content: bytes) -> Dict[str, int]:
+    """The tensor arena TensorFlow Lite Micro needs for the file `content`: the RAM a
+    microcontroller must set aside for it (weights stay in flash).
+
+    ``total_bytes`` is the smallest arena TFLM accepts, found by bisection to 16 bytes (its
+    alignment): more than what its recording allocator reports in the end, since planning
+    the activations borrows arena space for a moment (1,557 bytes more on the quickstart's
+    ResNet20). The split comes from the recording allocator: its *head* holds the activations
+    (TFLM's memory planner places every int8 activation tensor, one byte per value whatever
+    its learned bits, so that tensors alive at the same time do not overlap: at least the
+    largest layer's input plus output); its *tail* holds what persists between inferences
+    (tensor and operator records, quantization parameters, kernel data).
+
+    Returns:
+      ``{"total_bytes", "activation_bytes" (head), "persistent_bytes" (tail)}``; pass
+      ``total_bytes`` (or more) as the arena size on the device.
+
+    Raises:
+      ImportError: Without the ``tflite-micro`` package (names it).
+    """
+    runtime = _tflm_module()
+    text = _native_stderr_of(lambda: runtime.Interpreter.from_bytes(content)
+                             .print_allocations())
+    values = {name: int(value) for name, value in _ARENA_LINE.findall(text)}
+    if set(values) != {"total", "head", "tail"}:
+        raise RuntimeError(f"TFLM did not report its arena (got {text[:200]!r})")
+    def smallest_arena() -> int:
+        low, high = 0, 2 * values["total"] + 4096
+        while not _tflm_fits(runtime, content, high):
+            if high > 2**31:
+                raise RuntimeError("TFLM accepts no arena up to 2 GB for this file")
+            low, high = high, 2 * high
+        while high - low > 16:
+            middle = (low + high) // 2
+            low, high = (low, middle) if _tflm_fits(runtime, content, middle) else (middle, high)
+        return high
+
+    found = []  # TFLM writes an error line for every arena too small: kept off the terminal
+    _native_stderr_of(lambda: found.append(smallest_arena()))
+    return {"total_bytes": found[0], "activation_bytes": values["head"],
+            "persistent_bytes": values["tail"]}

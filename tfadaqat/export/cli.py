@@ -65,4 +65,9 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
               f"{agreement['top1_agreement']:.4f}, largest output difference "
               f"{agreement['max_output_difference']:.2f} steps, "
               f"{agreement['differing']:.2%} of outputs differ")
+    if report.tflm_arena:
+        arena = report.tflm_arena
+        print(f"TFLite Micro arena: {arena['total_bytes']:,} bytes of RAM "
+              f"({arena['activation_bytes']:,} hold the activations, "
+              f"{arena['persistent_bytes']:,} persist, the rest is used while planning)")
     return 0

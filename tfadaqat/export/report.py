@@ -46,6 +46,10 @@ class ExportReport:
       within_two_steps: Fraction of output values within 2 output steps of Keras'.
       output_step: The output step those differences are counted in.
       float_ops: Ops left in float (only with ``allow_float_ops=True``), by TFLite op name.
+      tflm_arena: When verified on "tflm": the tensor arena TensorFlow Lite Micro needs
+        (:func:`tfadaqat.runtimes.tflm_arena`): ``total_bytes`` (the RAM to set aside: the
+        smallest arena TFLM accepts), ``activation_bytes`` (int8 activations, placed by its
+        memory planner) and ``persistent_bytes``. Empty otherwise.
     """
 
     path: str
@@ -63,3 +67,4 @@ class ExportReport:
     within_two_steps: Optional[float] = None
     output_step: Optional[float] = None
     float_ops: List[str] = dataclasses.field(default_factory=list)
+    tflm_arena: Dict[str, int] = dataclasses.field(default_factory=dict)

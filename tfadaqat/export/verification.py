@@ -13,6 +13,7 @@ from tfadaqat.export.plan import ExportPlan
 from tfadaqat.export.report import ExportReport, LayerExport
 from tfadaqat.layer_kinds import INTEGER_OPS
 from tfadaqat.runtimes import run as run_on_runtime
+from tfadaqat.runtimes import tflm_arena
 from tfadaqat.tensors import is_quantized_wrapper, unwrapped_layer
 
 
@@ -98,6 +99,8 @@ def verify(model, content: bytes, data, runtimes, report: ExportReport) -> None:
     for runtime in runtimes:
         outputs = run_on_runtime(content, runtime, images)
         report.runtimes[runtime] = output_agreement(outputs, expected, step)
+    if "tflm" in runtimes:
+        report.tflm_arena = tflm_arena(content)
     for name, value in report.runtimes[runtimes[0]].items():
         if hasattr(report, name):
             setattr(report, name, value)
