@@ -23,18 +23,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/python -m recipes.train --config=recipes/configs/digits_adaqat.py --workdir=runs/digits_adaqat
 
-# Test processes (pytest-xdist); 0 runs the suite in this one process. Tests are handed out one
-# by one (--dist loadgroup), which balances the two processes better than whole modules did;
-# the modules whose module fixtures are costly (worker runs, trained and exported models) carry
-# an xdist_group mark, so each of those stays in one process and builds its fixtures once.
+# Test processes (pytest-xdist); 0 runs the suite in this one process. A test module stays in one
+# process (--dist loadscope), so module fixtures (trained models, worker runs) are built once.
 TEST_JOBS ?= 2
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadscope
 
 # The tests not marked slow (see setup.cfg): every unit and golden test, no recipe runs.
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadgroup -m "not slow"
+	$(VENV)/bin/python -m pytest -n $(TEST_JOBS) --dist loadscope -m "not slow"
 
 $(HGQ2_STAMP):
 	$(PYTHON) -m venv $(HGQ2_VENV)

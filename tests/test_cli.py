@@ -10,9 +10,6 @@ import pytest
 import tfadaqat
 from tfadaqat._compat import keras
 
-# One process for the whole module: its module fixture is built once (Makefile: loadgroup).
-pytestmark = pytest.mark.xdist_group("cli")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRESS = ("loading ", "aligned the biases", "building the integer graph",
             "converting with the TFLite converter", "checking that every kernel is integer",

@@ -61,7 +61,10 @@ def test_a_first_fit_traces_the_training_step_once(steps_per_execution, python_c
     # before the plain one, and each trace of the steps_per_execution loop calls the body
     # twice: 2 x 2 + 2.
     keras.utils.set_random_seed(0)
-    qmodel = tfadaqat.quantize_model(small_resnet(), "adaqat")
+    inputs = keras.Input((8, 8, 1))
+    hidden = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(hidden))
+    qmodel = tfadaqat.quantize_model(keras.Model(inputs, outputs), "adaqat")
     qmodel.compile(keras.optimizers.SGD(0.01),
                    keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy"], steps_per_execution=steps_per_execution)

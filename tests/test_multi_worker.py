@@ -37,9 +37,7 @@ TIMEOUT = 900
 CHIEF_ONLY = ("model.keras", "model.tflite", "summary.json", "summary.txt",
               "export_report.json", "bit_history.json", "logs")
 
-# Slow; one process for the whole module, so its single-process run (a module fixture) is
-# built once (Makefile: --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multi_worker")]
+pytestmark = pytest.mark.slow
 
 
 def _free_ports(count):

@@ -11,9 +11,6 @@ from tfadaqat import export, runtimes
 from tfadaqat._compat import tf
 from tests.test_export import _data, _trained
 
-# One process for the whole module: its module fixture is built once (Makefile: loadgroup).
-pytestmark = pytest.mark.xdist_group("runtimes")
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
