@@ -9,7 +9,7 @@ from tfadaqat import export
 from tfadaqat.export import convert as export_convert
 from tfadaqat.export import graph as export_graph
 from tfadaqat.export import plan as export_plan
-from tfadaqat._compat import keras, tf
+from tfadaqat._compat import keras
 
 layers = keras.layers
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from tfadaqat._compat import keras, tf
+from tfadaqat._compat import keras
 
 Values = Union[float, Sequence[float]]
 

@@ -34,7 +34,7 @@ from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, is_ke
                               keras, tf, tfmot)
 from tfadaqat.adaqat import AdaQATRule
 from tfadaqat.budget import QUANTITIES, Budget
-from tfadaqat.graph import INPUT_POINT_SUFFIX, flatten_model
+from tfadaqat.graph import flatten_model
 from tfadaqat.keras3 import from_keras3
 from tfadaqat.layer_kinds import (activation_name, is_custom_layer, is_non_negative_activation,
                                   kind_of)
