@@ -147,6 +147,27 @@ def test_one_sandwich_step_updates_every_slot():
     assert sum(changed) >= 0.9 * len(changed)  # the largest sub-network reaches every slot
 
 
+def test_sandwich_training_traces_its_step_once():
+    # The first call of the train function runs eagerly and creates the optimizer's slots and
+    # the metrics; the traced step is then traced once (twice before: tf.function traces
+    # again after a call that created variables). 4 steps: 1 eager call + 1 trace.
+    keras.utils.set_random_seed(0)
+    images, labels = _data(32)
+    net = Supernet(SPEC, SPACE, bits=4)
+    net(images[:1])
+    net.initialize_steps(images)
+    net.compile(keras.optimizers.SGD(0.1),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    calls = []
+    step = net.train_step
+    net.train_step = lambda data: calls.append(1) or step(data)
+    history = net.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert int(net.optimizer.iterations.numpy()) == 4
+    assert len(calls) == 2
+    assert net.train_function.experimental_get_tracing_count() == 1
+
+
 def test_inheritance_doubles_every_step_and_keeps_the_weights():
     net, images = _trained(bits=4)
     child = inherit(net, 3)

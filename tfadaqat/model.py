@@ -40,6 +40,7 @@ from tfadaqat._compat import keras, tf
 from tfadaqat.adaqat import AdaQATRule, create_budget_state, probe
 from tfadaqat.budget import Budget, budget_met, budget_penalty
 from tfadaqat.cost import differentiable_cost
+from tfadaqat import first_execution
 from tfadaqat import non_finite as non_finite_lib
 from tfadaqat.non_finite import (DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS, SKIPPED_STEPS_METRIC,
                                  StopOnSkippedSteps)
@@ -475,7 +476,8 @@ class QuantizedModel(keras.Model):
         function = make(force)
         if getattr(function, "initializes_quantizers", False) or self.quantizers_initialized():
             return function
-        initializing = self._make_initializing_function(make)
+        # Eager where it can be: the plain step is then traced once (see first_execution).
+        initializing = first_execution.eager_function(self, make)
         initialized = []
 
         def first_step(*args, **kwargs):
@@ -495,29 +497,3 @@ class QuantizedModel(keras.Model):
         first_step.initializes_quantizers = True
         setattr(self, attribute, first_step)
         return first_step
-
-    def _make_initializing_function(self, make):
-        """The function for the first execution: eager when it runs one step.
-
-        A traced first step costs two traces (``tf.function`` traces again after a call that
-        created variables: the optimizer's slots and the metrics), and the plain step a third;
-        tracing, not running, is most of a short fit's time on a large model. Run eagerly, the
-        first step creates those variables and the plain step is traced once.
-
-        The first execution stays traced with several steps per execution (run eagerly, each
-        would pay eager dispatch), with XLA or a cluster coordinator, and under a
-        distribution strategy (replicas run eagerly in threads; two workers then ended 2e-4
-        away from one process with two replicas, where traced they agree within 1e-5).
-        """
-        steps = self._steps_per_execution
-        several_steps = (steps is not None and int(steps.numpy()) != 1) or \
-            self.autotune_steps_per_execution
-        distributed = self._distribution_strategy is not None or tf.distribute.has_strategy()
-        if several_steps or distributed or self.jit_compile or self._cluster_coordinator:
-            return make(True)
-        run_eagerly = self._run_eagerly
-        self._run_eagerly = True
-        try:
-            return make(True)
-        finally:
-            self._run_eagerly = run_eagerly

@@ -34,6 +34,7 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from tfadaqat import first_execution
 from tfadaqat._compat import keras, tf
 from tfadaqat.cost import cost
 from tfadaqat.oqat.architecture import SupernetSpec, build_subnet
@@ -293,6 +294,12 @@ class Supernet(keras.Model):
         ``2 mean|x| / sqrt(Q_p)``)."""
         self._forward(images, self.config_tensors(self.space.largest()), batch_statistics=True,
                       initialize=True)
+
+    def make_train_function(self, force=False):
+        """Keras' train function, whose first call runs eagerly: the sandwich step is then
+        traced once instead of twice (:mod:`tfadaqat.first_execution`)."""
+        return first_execution.first_call_eager(self, super().make_train_function,
+                                                "train_function", force)
 
     def train_step(self, data):
         images, labels = data[0], data[1]
