@@ -140,8 +140,8 @@ def data(name: str, model):
 
 
 def _tfmot_row(name: str, out: str):
-    from tfadaqat._compat import keras, tf, tfmot
-    from tfadaqat import export as export_lib
+    from tfadaqat._compat import keras, tf, tflite_interpreter, tfmot
+    from tfadaqat.export.verification import check_integer_kernels
     row = {"method": "tfmot", "ok": False}
     start = time.time()
     try:
@@ -154,9 +154,9 @@ def _tfmot_row(name: str, out: str):
         converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         content = converter.convert()
-        interpreter = export_lib.tflite_interpreter(content)
+        interpreter = tflite_interpreter(content)
         interpreter.allocate_tensors()
-        _, float_ops = export_lib._check_integer_kernels(interpreter, allow_float_ops=True)
+        _, float_ops = check_integer_kernels(interpreter, allow_float_ops=True)
         row.update(ok=not float_ops, file_bytes=len(content), float_ops=sorted(set(float_ops)))
     except Exception as error:  # noqa: BLE001 - a failed row is a result here
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"

@@ -27,6 +27,20 @@ def test_model_exports_with_integer_kernels_and_agrees(name, method, tmp_path):
         assert row["top1"] >= 0.98, row
 
 
+@pytest.mark.parametrize("name, exports", [("keyword_spotter", True),
+                                            ("anomaly_autoencoder", False)])
+def test_tfmot_reference_row(name, exports, tmp_path):
+    # The row every size target is measured against: TFMOT's default QAT, converted and
+    # checked for float kernels (it leaves the autoencoder's dense layers in float).
+    row = model_zoo._tfmot_row(name, str(tmp_path))
+    assert "error" not in row, row
+    assert row["ok"] is exports
+    assert row["file_bytes"] > 1000
+    assert (row["float_ops"] == []) is exports
+    if not exports:
+        assert "FULLY_CONNECTED" in row["float_ops"]
+
+
 def test_targets_are_checked_against_tfmot():
     """The bench's checks fail a slow, large or disagreeing row."""
     result = {"model": "keyword_spotter", "rows": [
