@@ -21,14 +21,19 @@ def _data(count=32, seed=0):
             rng.integers(0, 10, count).astype(np.int32))
 
 
-def _trained(bits=4, edge_bits=None):
-    keras.utils.set_random_seed(0)
-    images, labels = _data()
+def _compiled(images, optimizer, bits=4, edge_bits=None):
+    """A supernet built and with its steps initialised on `images`, compiled for labels."""
     net = Supernet(SPEC, SPACE, bits=bits, edge_bits=edge_bits)
     net(images[:1])
     net.initialize_steps(images)
-    net.compile(keras.optimizers.Adam(1e-2),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return net
+
+
+def _trained(bits=4, edge_bits=None):
+    keras.utils.set_random_seed(0)
+    images, labels = _data()
+    net = _compiled(images, keras.optimizers.Adam(1e-2), bits, edge_bits)
     net.fit(images, labels, batch_size=16, epochs=2, verbose=0)
     return net, images
 
@@ -135,12 +140,8 @@ def test_recalibration_sets_the_moving_statistics_of_the_config():
 def test_one_sandwich_step_updates_every_slot():
     keras.utils.set_random_seed(0)
     images, labels = _data(16)
-    net = Supernet(SPEC, SPACE, bits=4)
-    net(images[:1])
-    net.initialize_steps(images)
+    net = _compiled(images, keras.optimizers.SGD(0.1))
     before = [v.numpy().copy() for v in net.trainable_variables]
-    net.compile(keras.optimizers.SGD(0.1),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = net.fit(images, labels, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, net.trainable_variables)]
@@ -153,11 +154,7 @@ def test_sandwich_training_traces_its_step_once():
     # again after a call that created variables). 4 steps: 1 eager call + 1 trace.
     keras.utils.set_random_seed(0)
     images, labels = _data(32)
-    net = Supernet(SPEC, SPACE, bits=4)
-    net(images[:1])
-    net.initialize_steps(images)
-    net.compile(keras.optimizers.SGD(0.1),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net = _compiled(images, keras.optimizers.SGD(0.1))
     calls = []
     step = net.train_step
     net.train_step = lambda data: calls.append(1) or step(data)
