@@ -1,4 +1,4 @@
-"""tfadaqat.configs: the QuantizeConfig round-trips and each method's quantizers."""
+"""tfadaqat.configs: the QuantizeConfig round-trips."""
 
 import pytest
 
@@ -33,30 +33,3 @@ def test_each_weight_gets_its_own_quantizer():
 def test_weights_without_quantizer_is_an_error():
     with pytest.raises(ValueError, match="weight_attributes were given without"):
         configs.LayerQuantizeConfig(("kernel",), None, None)
-
-
-@pytest.mark.parametrize("method, kind, expected", [
-    ("adaqat", "weight", quantizers.DoReFaWeightQuantizer),
-    ("adaqat", "activation", quantizers.PACTActivationQuantizer),
-    ("dq", "weight", quantizers.DQQuantizer),
-    ("dq", "activation", quantizers.DQQuantizer),
-    ("lsq", "weight", quantizers.LSQQuantizer),
-    ("lsq", "activation", quantizers.LSQQuantizer),
-])
-def test_make_quantizer(method, kind, expected):
-    quantizer = configs.make_quantizer(method, kind, signed=kind == "weight", bits=4, min_bits=2,
-                                       max_bits=8)
-    assert type(quantizer) is expected
-    assert quantizer.signed == (kind == "weight")
-
-
-def test_make_quantizer_passes_options_and_rejects_unknown():
-    quantizer = configs.make_quantizer("dq", "weight", signed=True, bits=4, min_bits=2,
-                                       max_bits=8, options={"parametrization": "U2"})
-    assert quantizer.parametrization == "U2"
-    with pytest.raises(ValueError, match=r"method must be one of \('adaqat', 'dq', 'lsq'\)"):
-        configs.make_quantizer("pact", "weight", signed=True, bits=4, min_bits=2, max_bits=8)
-    with pytest.raises(ValueError, match="kind must be one of"):
-        configs.make_quantizer("dq", "bias", signed=True, bits=4, min_bits=2, max_bits=8)
-    with pytest.raises(ValueError, match=r"does not take option\(s\) \['power_of_two'\]"):
-        configs.validate_options("adaqat", {"power_of_two": True})

@@ -7,6 +7,7 @@ import tfadaqat
 from tests.conftest import small_resnet
 from tfadaqat._compat import keras, tf
 from tfadaqat.budget import budget_met
+from tfadaqat.methods import dq as dq_method
 
 
 def _initialized_flags(model):
@@ -128,8 +129,8 @@ def test_range_gradients_are_clipped_to_the_step_while_the_penalty_is_active():
     qmodel.initialize_quantizers(_budget_problem()[0][:8])
     variables = qmodel.trainable_variables
     large = [tf.fill(tf.shape(v), 100.0) for v in variables]
-    active = qmodel._clip_range_gradients(variables, large, tf.constant(True))
-    inactive = qmodel._clip_range_gradients(variables, large, tf.constant(False))
+    active = dq_method.clip_range_gradients(qmodel, variables, large, tf.constant(True))
+    inactive = dq_method.clip_range_gradients(qmodel, variables, large, tf.constant(False))
     clipped_names = set()
     for variable, gradient, untouched in zip(variables, active, inactive):
         short = variable.name.split(":")[0].split("/")[-1]
@@ -155,8 +156,7 @@ def test_a_model_within_its_budget_stays_within_it(project, monkeypatch):
     # of training. With the projection, no step leaves the budget once it is met; without it
     # (the old train_step) this loss takes the model over within a few steps.
     if not project:
-        monkeypatch.setattr(tfadaqat.QuantizedModel, "_stay_within_budget",
-                            lambda self, *args: None)
+        monkeypatch.setattr(dq_method, "stay_within_budget", lambda *args: None)
     keras.utils.set_random_seed(0)
     images, labels = _budget_problem()
     qmodel = tfadaqat.quantize_model(small_resnet(), "dq", weight_bits=4, activation_bits=4)

@@ -15,7 +15,10 @@ from tfadaqat import _compat  # noqa: F401  (sets up legacy Keras first)
 from tfadaqat import ops, quantizers
 from tfadaqat._compat import keras  # tf-keras, the Keras every tfadaqat model is built with
 from tfadaqat.adaqat import AdaQATRule
-from tfadaqat.configs import METHODS, LayerQuantizeConfig, make_quantizer
+from tfadaqat.annotation import LayerAnnotation, annotate
+from tfadaqat import methods
+from tfadaqat.configs import LayerQuantizeConfig
+from tfadaqat.methods import METHODS, make_quantizer
 from tfadaqat.model import QuantizedModel
 from tfadaqat.graph import flatten_model
 from tfadaqat.layer_kinds import LayerKind, kind_of, register_layer_kind
@@ -37,6 +40,8 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "AdaQATRule",
+    "LayerAnnotation",
+    "annotate",
     "BitWidthLogger",
     "Budget",
     "ChannelAffine",
@@ -64,6 +69,7 @@ __all__ = [
     "kind_of",
     "load_model",
     "make_quantizer",
+    "methods",
     "ops",
     "plot_bit_widths",
     "quantize_model",

@@ -18,6 +18,9 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 
 base_quantizer_class = tfmot.quantization.keras.quantizers.Quantizer
 base_quantize_config_class = tfmot.quantization.keras.QuantizeConfig
+# What quantize_annotate_layer wraps a layer in (TFMOT does not export the class itself).
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (  # noqa: E402,E501
+    QuantizeAnnotate as quantize_annotate_class)
 
 if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
     raise ImportError(

@@ -273,7 +273,7 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
     tensors = learned_tensors(model)
     if not tensors:
         return loss
-    budget, state = model.budget, model.adaqat_budget_state
+    budget, state = model.budget, model.method_state("adaqat")
     frozen = tf.stack([t.variables["frozen"] > 0.5 for t in tensors])
     is_weight = tf.constant([t.is_weight for t in tensors])
     weights_open = tf.reduce_any(tf.logical_and(is_weight, tf.logical_not(frozen)))
@@ -315,7 +315,7 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
         bits = tf.stack([t.quantizer.bit_width(t.variables) for t in tensors])
         this = tf.logical_and(gate, tf.range(len(tensors)) == chosen)
         write("relaxed_bits", tf.cast(bits - 1, tf.float32), this)
-        probe_loss = replica_mean(model._plain_loss(y, model(x, training=True), sample_weight))
+        probe_loss = replica_mean(model.plain_loss(y, model(x, training=True), sample_weight))
         step_loss = replica_mean(loss)
         write("relaxed_bits", saved, this)
         held, within = tf.constant(False), tf.constant(True)

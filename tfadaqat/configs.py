@@ -3,8 +3,8 @@
 One config class serves every layer type: it names the weight attributes to quantize
 (``kernel``, ``depthwise_kernel``; none for Add, pooling, BatchNormalization...) and holds the
 weight quantizer and the output quantizer. :func:`tfadaqat.quantize_model` decides per layer
-which of the two are present (see :mod:`tfadaqat.quantize`); :func:`make_quantizer` builds the
-quantizer of each method for a tensor.
+which of the two are present (see :mod:`tfadaqat.quantize`) with the quantizers of the method
+(:mod:`tfadaqat.methods`).
 
 Batch normalization is not folded during training. A convolution followed by
 BatchNormalization is trained as ``BN(conv(x, Q(w)))``: its integer weights are the ones
@@ -21,8 +21,6 @@ from typing import Any, Dict, Optional, Sequence
 
 from tfadaqat import quantizers as quantizers_lib
 from tfadaqat._compat import base_quantize_config_class, keras
-
-METHODS = ("adaqat", "dq", "lsq")
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
@@ -82,58 +80,3 @@ class LayerQuantizeConfig(base_quantize_config_class):
 
     def __ne__(self, other):
         return not self == other
-
-
-def make_quantizer(method: str, kind: str, *, signed: bool, bits: int, min_bits: int,
-                   max_bits: int, learn_bits: bool = True,
-                   options: Optional[Dict[str, Any]] = None) -> quantizers_lib.TensorQuantizer:
-    """The quantizer `method` uses for a tensor of `kind` ("weight" or "activation").
-
-    Args:
-      method: "adaqat" (DoReFa weights, PACT activations, relaxed learned bits), "dq"
-        (learned step and range) or "lsq" (fixed bits, learned step).
-      kind: "weight" or "activation".
-      signed: Whether the tensor can be negative (weights always are).
-      bits: Initial bit-width (the fixed one for "lsq").
-      min_bits: Lowest bit-width a learned bit-width may reach.
-      max_bits: Highest bit-width a learned bit-width may reach.
-      learn_bits: For "adaqat": keep a relaxed bit-width variable.
-      options: Extra constructor arguments of the method's quantizer, e.g.
-        ``{"parametrization": "U1"}`` for "dq" or ``{"grid": "symmetric"}`` for "adaqat" weights.
-
-    Raises:
-      ValueError: For an unknown `method` or `kind`.
-    """
-    options = dict(options or {})
-    if kind not in quantizers_lib.TENSOR_KINDS:
-        raise ValueError(f"kind must be one of {quantizers_lib.TENSOR_KINDS}, got {kind!r}")
-    if method == "adaqat":
-        if kind == "weight":
-            return quantizers_lib.DoReFaWeightQuantizer(
-                bits=bits, min_bits=min_bits, max_bits=max_bits, learn_bits=learn_bits,
-                **_pick(options, ("grid", "rescale")))
-        return quantizers_lib.PACTActivationQuantizer(
-            bits=bits, min_bits=min_bits, max_bits=max_bits, learn_bits=learn_bits, signed=signed)
-    if method == "dq":
-        return quantizers_lib.DQQuantizer(
-            bits=bits, min_bits=min_bits, max_bits=max_bits, signed=signed,
-            **_pick(options, ("parametrization", "power_of_two", "min_step", "max_step")))
-    if method == "lsq":
-        return quantizers_lib.LSQQuantizer(bits=bits, signed=signed, kind=kind)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-
-def validate_options(method: str, options: Dict[str, Any]) -> None:
-    """Raises ValueError for method options that `method` does not take."""
-    allowed = {"adaqat": ("grid", "rescale"),
-               "dq": ("parametrization", "power_of_two", "min_step", "max_step"),
-               "lsq": ()}[method]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"method {method!r} does not take option(s) {unknown}; "
-                         f"allowed: {list(allowed)}")
-
-
-def _pick(options: Dict[str, Any], names) -> Dict[str, Any]:
-    return {name: options[name] for name in names if name in options}

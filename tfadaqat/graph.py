@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from tfadaqat._compat import functional_nodes_by_depth, is_graph_network, keras, tf
+from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, keras,
+                              quantize_annotate_class, tf)
 from tfadaqat.layer_kinds import FUSED_ACTIVATIONS, activation_name
 from tfadaqat.layers import ChannelAffine, QuantizationPoint
 
@@ -47,16 +48,29 @@ def flatten_model(model, *, quantize_inputs: bool = False):
     Layers that are not rewritten are the same objects (weights shared with `model`);
     rewritten ones (see the module docstring) are new layers starting from the same weights.
     With `quantize_inputs`, an identity layer named ``<input>_quantize_point`` follows each
-    input.
+    input. Annotated layers (TFMOT ``QuantizeAnnotate`` wrappers, see
+    :func:`tfadaqat.annotate`) are replaced by the layer they wrap.
 
     Raises:
       ValueError: If a nested model is subclassed or a layer is called more than once.
+    """
+    return flatten_annotated_model(model, quantize_inputs=quantize_inputs)[0]
+
+
+def flatten_annotated_model(model, *, quantize_inputs: bool = False):
+    """:func:`flatten_model`, and the annotations of the flat layers.
+
+    Returns:
+      ``(flat model, {flat layer name: the quantize_config of the QuantizeAnnotate wrapper
+      it comes from})``; every layer a rewrite makes of an annotated layer (a separable
+      convolution's two convolutions, a split activation) carries the layer's annotation.
     """
     inputs = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
                           name=tensor.name.split(":")[0]) for tensor in model.inputs]
     entry = [QuantizationPoint(name=f"{tensor.name.split(':')[0]}{INPUT_POINT_SUFFIX}")(t)
              if quantize_inputs else t for tensor, t in zip(model.inputs, inputs)]
-    outputs = _replay(model, entry)
+    annotations: Dict[str, Any] = {}
+    outputs = _replay(model, entry, annotations)
     flat = keras.Model(inputs, outputs, name=model.name)
     called: Dict[str, int] = {}
     for nodes in functional_nodes_by_depth(flat).values():
@@ -67,10 +81,10 @@ def flatten_model(model, *, quantize_inputs: bool = False):
     if shared:
         raise ValueError(f"layer(s) {shared} are called more than once; tfadaqat quantizes "
                          "each layer for one input tensor, so use one layer per call")
-    return flat
+    return flat, annotations
 
 
-def _replay(model, inputs: List[Any]):
+def _replay(model, inputs: List[Any], annotations: Dict[str, Any]):
     if not is_graph_network(model):
         raise ValueError(f"nested model {model.name!r} is subclassed ({type(model).__name__}); "
                          "quantize_model needs Sequential or Functional models throughout")
@@ -85,7 +99,13 @@ def _replay(model, inputs: List[Any]):
             kwargs = tf.nest.map_structure(lambda value: tensors.get(id(value), value),
                                            node.call_kwargs)
             if isinstance(node.layer, keras.Model):
-                outputs = _replay(node.layer, tf.nest.flatten(args[0]))
+                outputs = _replay(node.layer, tf.nest.flatten(args[0]), annotations)
+            elif isinstance(node.layer, quantize_annotate_class):
+                inner = node.layer.layer
+                rewrite = _rewrite(inner, args, kwargs)
+                outputs = rewrite() if rewrite is not None else inner(*args, **kwargs)
+                for layer in _layers_between(outputs, (args, kwargs)):
+                    annotations[layer.name] = node.layer.quantize_config
             else:
                 rewrite = _rewrite(node.layer, args, kwargs)
                 outputs = rewrite() if rewrite is not None else node.layer(*args, **kwargs)
@@ -93,6 +113,22 @@ def _replay(model, inputs: List[Any]):
                 tensors[id(old)] = new
     result = [tensors[id(tensor)] for tensor in model.outputs]
     return result[0] if len(result) == 1 else result
+
+
+def _layers_between(outputs, inputs) -> List[Any]:
+    """The layers of the graph from the tensors `inputs` (a nested structure) to `outputs`."""
+    stop = {id(value) for value in tf.nest.flatten(inputs) if _is_symbolic(value)}
+    pending, seen, found = list(tf.nest.flatten(outputs)), set(), []
+    while pending:
+        tensor = pending.pop()
+        if id(tensor) in stop or id(tensor) in seen or not _is_symbolic(tensor):
+            continue
+        seen.add(id(tensor))
+        layer, node_index, _ = tensor._keras_history
+        if layer not in found:
+            found.append(layer)
+        pending.extend(tf.nest.flatten(layer._inbound_nodes[node_index].keras_inputs))
+    return found
 
 
 def _rewrite(layer, args, kwargs) -> Optional[Callable[[], Any]]:

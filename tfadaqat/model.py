@@ -9,23 +9,11 @@ one trace without those assignments, so training pays for no per-step branch and
 traced once. A model whose quantizers are already initialised (for instance a reloaded one)
 goes straight to the plain trace.
 
-With a budget (``quantize_model(..., method="dq", budget=...)``) its ``train_step`` adds DQ's
-penalty on the differentiable cost to the loss, and while the penalty is active clips the
-gradients of each DQ step ``d`` and range ``q_max`` to ``[-d, d]`` (the authors' stabiliser).
-Once the model's integer cost is within the budget, an update of the DQ parameters (``d``,
-``q_max``, relaxed bits) that would take it back over is undone; the weights' update is kept.
-Without that projection the penalty switches on and off at the budget's edge: inside, the task
-loss raises a range until a bit-width rises; outside, the penalty lowers it again. Bit-widths
-then change every few steps until the end of training, BatchNormalization's moving statistics
-average networks with different grids, and inference-mode accuracy falls well below
-training-mode accuracy (issue 13: 8 points on Fashion-MNIST at 12.5% of the 8-bit BitOPs).
-
-The penalty is multiplied by a pressure ``p`` (a non-trainable weight of the model, starting at
-1): after every step that ends over the budget, ``p <- min(p * 1.01, 10^6)``. DQ's squared
-hinge has a gradient that vanishes at the budget's edge, so without it training crept towards
-the budget and ended 1-3% over it on Fashion-MNIST at 12.5% of the 8-bit BitOPs (the task loss
-balances a penalty that small); with it the penalty keeps growing until the model is within,
-which the projection above then holds.
+What a method adds to training (DQ's budget penalty and projection, AdaQAT's probe) comes
+from its module in :mod:`tfadaqat.methods` as step hooks; ``train_step`` calls the hooks of
+every method whose quantizers the model holds (see :mod:`tfadaqat.methods.base` for the
+order) and names none of them. Method settings (AdaQAT's rule) and the variables a method
+keeps on the model (DQ's penalty pressure, AdaQAT's budget prices) are held per method name.
 The budget is part of the model config, so it survives ``save`` and ``load_model``.
 """
 
@@ -34,25 +22,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-from tfadaqat._compat import keras, tf
-from tfadaqat.adaqat import AdaQATRule, create_budget_state, probe
-from tfadaqat.budget import Budget, budget_met, budget_penalty
-from tfadaqat.cost import differentiable_cost
 from tfadaqat import first_execution
+from tfadaqat import methods as methods_lib
+from tfadaqat._compat import keras, tf
+from tfadaqat.budget import Budget
 from tfadaqat import non_finite as non_finite_lib
 from tfadaqat.non_finite import (DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS, SKIPPED_STEPS_METRIC,
                                  StopOnSkippedSteps)
-from tfadaqat.quantizers import DQQuantizer, initialization_mode
+from tfadaqat.quantizers import initialization_mode
 from tfadaqat.report import budget_status, format_budget
-from tfadaqat.tensors import quantized_tensors
 
 _BUDGET_CONFIG_KEY = "tfadaqat_budget"
-# DQ's penalty pressure: its growth per step over the budget, and its cap.
-PRESSURE_GROWTH = 1.01
-PRESSURE_CAP = 1e6
-_RULE_CONFIG_KEY = "tfadaqat_adaqat_rule"
 _SKIP_LIMIT_CONFIG_KEY = "max_consecutive_skipped_steps"
 _SKIP_CONFIG_KEY = "skip_non_finite_steps"
 
@@ -67,59 +49,85 @@ class _SkipState:
     consecutive: tf.Variable  # in a row, up to the last step
 
 
+@dataclasses.dataclass
+class _MethodStore:
+    """Per method name: its settings and the variables it keeps on the model (the variables
+    are the model's weights; these dicts only find them by name)."""
+
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    state: Dict[str, Dict[str, tf.Variable]] = dataclasses.field(default_factory=dict)
+
+
 @keras.utils.register_keras_serializable(package="tfadaqat")
 class QuantizedModel(keras.Model):
     """A Functional model of quantized layers whose quantizers initialise on the first batch."""
 
     _tfadaqat_budget = None
     _tfadaqat_cost_weights: Optional[Dict[str, float]] = None
-    _tfadaqat_rule = None
-    _adaqat_budget_state: Optional[Dict[str, tf.Variable]] = None
-    _dq_pressure: Optional[tf.Variable] = None
+    _methods: Optional[_MethodStore] = None
     _skip_state: Optional[_SkipState] = None
     _evaluating = False
     _max_consecutive_skipped_steps: Optional[int] = DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
 
-    @property
-    def adaqat_budget_state(self) -> Optional[Dict[str, tf.Variable]]:
-        """AdaQAT's budget multipliers and phase targets (with a rule and a budget), or None."""
-        return self._adaqat_budget_state
+    def _method_store(self) -> _MethodStore:
+        if self._methods is None:
+            self._methods = _MethodStore()
+        return self._methods
 
-    def _create_adaqat_budget_state(self) -> None:
-        if (self._tfadaqat_rule is not None and self._tfadaqat_budget is not None
-                and self._adaqat_budget_state is None):
-            self._adaqat_budget_state = create_budget_state(self, self._tfadaqat_budget)
+    def method_settings(self, name: str):
+        """The settings method `name` trains with (AdaQAT: its rule), or None."""
+        return self._method_store().settings.get(name)
 
-    @property
-    def dq_pressure(self) -> Optional[tf.Variable]:
-        """The factor on DQ's budget penalty (grows while training is over budget), or None."""
-        return self._dq_pressure
+    def set_method_settings(self, name: str, settings) -> None:
+        """Trains method `name`'s tensors with `settings` (None: its default, no hooks)."""
+        methods_lib.get(name)
+        if settings is None:
+            self._method_store().settings.pop(name, None)
+        else:
+            self._method_store().settings[name] = settings
+        self._create_method_state()
+        self.train_function = None
 
-    def _create_dq_pressure(self) -> None:
-        """A model with DQ quantizers and a budget gets the pressure weight (saved with it)."""
-        if self._tfadaqat_budget is None or self._dq_pressure is not None:
-            return
-        if self._dq_parameters():
-            self._dq_pressure = self.add_weight(
-                "dq_budget_pressure", shape=(), dtype=tf.float32,
-                initializer=keras.initializers.Constant(1.0), trainable=False,
-                aggregation=tf.VariableAggregation.MEAN)
+    def method_state(self, name: str) -> Dict[str, tf.Variable]:
+        """The variables method `name` keeps on this model, by name ({} for none)."""
+        return dict(self._method_store().state.get(name, {}))
+
+    def _create_method_state(self) -> None:
+        store = self._method_store()
+        for method in methods_lib.in_model(self):
+            if method.name not in store.state:
+                state = method.create_state(self)
+                if state:
+                    store.state[method.name] = state
 
     @property
     def adaqat_rule(self):
         """The :class:`tfadaqat.adaqat.AdaQATRule` learning AdaQAT bit-widths in ``fit``, or None."""
-        return self._tfadaqat_rule
+        return self.method_settings("adaqat")
 
     def set_adaqat_rule(self, rule) -> None:
         """Learns AdaQAT bit-widths with `rule` during ``fit`` (None: bit-widths stay put)."""
-        self._tfadaqat_rule = rule
-        self._create_adaqat_budget_state()
-        self.train_function = None
+        self.set_method_settings("adaqat", rule)
+
+    @property
+    def adaqat_budget_state(self) -> Optional[Dict[str, tf.Variable]]:
+        """AdaQAT's budget multipliers and phase targets (with a rule and a budget), or None."""
+        return self.method_state("adaqat") or None
+
+    @property
+    def dq_pressure(self) -> Optional[tf.Variable]:
+        """The factor on DQ's budget penalty (grows while training is over budget), or None."""
+        return self.method_state("dq").get("pressure")
 
     @property
     def budget(self):
         """The absolute :class:`tfadaqat.Budget` trained towards, or None."""
         return self._tfadaqat_budget
+
+    @property
+    def cost_weights(self) -> Optional[Dict[str, float]]:
+        """The budget penalty's weights ``lambda_j`` by quantity, or None without a budget."""
+        return None if self._tfadaqat_cost_weights is None else dict(self._tfadaqat_cost_weights)
 
     def set_budget(self, budget, cost_weights: Dict[str, float]) -> None:
         """Trains towards the absolute `budget` with penalty weights ``lambda_j`` = `cost_weights`.
@@ -135,8 +143,7 @@ class QuantizedModel(keras.Model):
             raise ValueError(f"cost_weights has no weight for the bounded quantities {missing}")
         self._tfadaqat_budget = budget
         self._tfadaqat_cost_weights = {k: float(v) for k, v in cost_weights.items()}
-        self._create_adaqat_budget_state()
-        self._create_dq_pressure()
+        self._create_method_state()
         self.train_function = None
 
     def get_config(self):
@@ -144,20 +151,25 @@ class QuantizedModel(keras.Model):
         if self._tfadaqat_budget is not None:
             config[_BUDGET_CONFIG_KEY] = {"budget": dataclasses.asdict(self._tfadaqat_budget),
                                           "cost_weights": dict(self._tfadaqat_cost_weights)}
-        if self._tfadaqat_rule is not None:
-            config[_RULE_CONFIG_KEY] = dataclasses.asdict(self._tfadaqat_rule)
+        for name, settings in self._method_store().settings.items():
+            method = methods_lib.get(name)
+            config[method.settings_config_key] = method.settings_to_config(settings)
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         budget_config = config.pop(_BUDGET_CONFIG_KEY, None)
-        rule_config = config.pop(_RULE_CONFIG_KEY, None)
+        settings = {}
+        for name in methods_lib.names():
+            key = methods_lib.get(name).settings_config_key
+            if key is not None and key in config:
+                settings[name] = methods_lib.get(name).settings_from_config(config.pop(key))
         model = super().from_config(config, custom_objects)
         if budget_config is not None:
             model.set_budget(Budget(**budget_config["budget"]), budget_config["cost_weights"])
-        if rule_config is not None:
-            model.set_adaqat_rule(AdaQATRule(**rule_config))
+        for name, value in settings.items():
+            model.set_method_settings(name, value)
         return model
 
     def fit(self, *args, **kwargs):
@@ -271,9 +283,9 @@ class QuantizedModel(keras.Model):
     def train_step(self, data):
         """One guarded training step (see :mod:`tfadaqat.non_finite`).
 
-        Takes DQ's budget penalty, AdaQAT's probe and the plain Keras update as the model is
-        configured; a step whose loss or gradients are not finite on some replica changes no
-        variable and no metric except ``skipped_steps``.
+        The plain Keras update with the step hooks of the model's methods (see
+        :mod:`tfadaqat.methods.base`); a step whose loss or gradients are not finite on some
+        replica changes no variable and no metric except ``skipped_steps``.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if self._skip_state is None:  # compile(skip_non_finite_steps=False)
@@ -311,7 +323,7 @@ class QuantizedModel(keras.Model):
         return logs
 
     def _update(self, x, y, sample_weight, keep_metrics: bool):
-        """Forward, loss and update of one step.
+        """Forward, loss and update of one step, with the step hooks of the model's methods.
 
         Args:
           keep_metrics: Whether to keep the compiled loss/metric variables' values before
@@ -321,58 +333,58 @@ class QuantizedModel(keras.Model):
           ``(y_pred, loss, gradients, extra logs, (metric variables, their values before
           the step) or None)``.
         """
-        budget, rule = self._tfadaqat_budget, self._tfadaqat_rule
-        if rule is not None:
-            budget = None  # AdaQAT meets its budget in its probe (tfadaqat.adaqat): no penalty
+        hooks = [hook for hook in (method.step_hooks(self)
+                                   for method in methods_lib.in_model(self)) if hook is not None]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             kept_metrics = self._keep_metrics(y_pred, y) if keep_metrics else None
             loss = self.compute_loss(x, y, y_pred, sample_weight)
             total = loss
-            if budget is not None:
-                sizes = differentiable_cost(self, activation_reduce=budget.activation_reduce)
-                penalty = budget_penalty(sizes, budget, self._tfadaqat_cost_weights)
-                if self._dq_pressure is not None:
-                    penalty = penalty * self._dq_pressure
-                # Gradients are summed over replicas; the penalty is the same on each.
-                total = loss + penalty / replicas
+            for hook in hooks:
+                term = hook.loss()
+                if term is not None:
+                    # Gradients are summed over replicas; the term is the same on each.
+                    total = total + term / replicas
         self._validate_target_and_loss(y, loss)
-        if rule is not None:
-            # Before the update, so that L and L_minus are measured with the same weights.
-            self._adaqat_probe(rule, x, y, sample_weight, y_pred)
+        extra = {name: value for hook in hooks for name, value in hook.logs().items()}
         variables = self.trainable_variables
-        if budget is None:
+        if not any(hook.transforms_gradients for hook in hooks):
+            for hook in hooks:
+                hook.before_update(x, y, sample_weight, y_pred)
             if hasattr(self.optimizer, "compute_gradients"):  # loss scaling included
                 gradients = [g for g, _ in self.optimizer.compute_gradients(total, variables,
                                                                             tape=tape)]
             else:
                 gradients = tape.gradient(total, variables)
             self.optimizer.apply_gradients(zip(gradients, variables))
+            for hook in hooks:
+                hook.after_update()
             if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer):
                 # It skips non-finite gradients itself and lowers its scale: not undone.
                 gradients = []
-            return y_pred, total, gradients, {}, kept_metrics
+            return y_pred, total, gradients, extra, kept_metrics
         gradients = tape.gradient(total, variables)
-        met_before = budget_met(sizes, budget)
-        dq_variables = self._dq_parameters()
-        dq_before = [tf.identity(variable) for variable in dq_variables]
+        for hook in hooks:
+            hook.before_update(x, y, sample_weight, y_pred)
         checked = gradients
-        # Clip the summed gradient, not each replica's part: sum first, then clip, then
-        # apply without a second aggregation.
+        # Transform the summed gradient, not each replica's part: sum first, then transform,
+        # then apply without a second aggregation.
         if replicas > 1:
             pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-            summed = tf.distribute.get_replica_context().all_reduce(
+            gradients = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
             variables = [v for _, v in pairs]
-            gradients = self._clip_range_gradients(variables, summed, penalty > 0.0)
+        for hook in hooks:
+            gradients = hook.gradients(variables, gradients)
+        if replicas > 1:
             self.optimizer.apply_gradients(zip(gradients, variables),
                                            skip_gradients_aggregation=True)
         else:
-            gradients = self._clip_range_gradients(variables, gradients, penalty > 0.0)
             self.optimizer.apply_gradients(zip(gradients, variables))
-        self._stay_within_budget(budget, met_before, dq_variables, dq_before)
-        return y_pred, total, checked, {"budget_penalty": penalty}, kept_metrics
+        for hook in hooks:
+            hook.after_update()
+        return y_pred, total, checked, extra, kept_metrics
 
     def _keep_metrics(self, y_pred, y):
         """Builds the compiled loss and metrics; returns their variables and current values
@@ -386,8 +398,12 @@ class QuantizedModel(keras.Model):
             for variable in metric.variables)
         return variables, non_finite_lib.snapshot(variables)
 
-    def _plain_loss(self, y, y_pred, sample_weight):
-        """The compiled loss without touching the loss metric (for comparing two forwards)."""
+    def plain_loss(self, y, y_pred, sample_weight):
+        """The compiled loss without touching the loss metric (for comparing two forwards).
+
+        Raises:
+          ValueError: For a model compiled with several losses.
+        """
         if isinstance(self.loss, (list, tuple, dict)):
             raise ValueError("AdaQAT's bit-width rule needs a single compiled loss, got "
                              f"{type(self.loss).__name__}")
@@ -398,56 +414,6 @@ class QuantizedModel(keras.Model):
         if sample_weight is not None:
             values = values * sample_weight
         return tf.reduce_mean(values)
-
-    def _adaqat_probe(self, rule, x, y, sample_weight, y_pred):
-        loss = self._plain_loss(y, y_pred, sample_weight)
-        active = None
-        if rule.probe_every > 1:
-            active = tf.equal(self.optimizer.iterations % rule.probe_every, 0)
-        probe(self, rule, x, y, sample_weight, loss, active=active)
-
-    def _dq_parameters(self):
-        """The trainable variables of DQ quantizers that set a bit-width (d, q_max, bits)."""
-        found = []
-        for _, _, quantizer, quantizer_variables, _ in quantized_tensors(self):
-            if isinstance(quantizer, DQQuantizer):
-                found.extend(quantizer_variables[name] for name in ("step", "q_max",
-                                                                    "relaxed_bits")
-                             if name in quantizer_variables)
-        return found
-
-    def _stay_within_budget(self, budget, met_before, variables, before) -> None:
-        """Undoes this step's update of the DQ `variables` if it took a model that was within
-        `budget` back over it (the values `before` the update are restored), and raises the
-        penalty's pressure when the step ends over the budget."""
-        if not variables:
-            return
-        met_after = budget_met(differentiable_cost(
-            self, activation_reduce=budget.activation_reduce), budget)
-        undo = tf.logical_and(met_before, tf.logical_not(met_after))
-        for variable, value in zip(variables, before):
-            variable.assign(tf.where(undo, value, variable))
-        if self._dq_pressure is not None:
-            over = tf.logical_and(tf.logical_not(met_after), tf.logical_not(undo))
-            raised = tf.minimum(self._dq_pressure * PRESSURE_GROWTH, PRESSURE_CAP)
-            self._dq_pressure.assign(tf.where(over, raised, self._dq_pressure))
-
-    def _clip_range_gradients(self, variables, gradients, active):
-        """Clips the gradients of DQ's ``d`` and ``q_max`` to ``[-d, d]`` where `active`."""
-        steps = {}
-        for _, _, quantizer, quantizer_variables, _ in quantized_tensors(self):
-            if isinstance(quantizer, DQQuantizer):
-                step, _ = quantizer.step_and_range(quantizer_variables)
-                for name in ("step", "q_max"):
-                    if name in quantizer_variables:
-                        steps[quantizer_variables[name].ref()] = step
-        clipped = []
-        for variable, gradient in zip(variables, gradients):
-            step = steps.get(variable.ref())
-            if step is not None and gradient is not None:
-                gradient = tf.where(active, tf.clip_by_value(gradient, -step, step), gradient)
-            clipped.append(gradient)
-        return clipped
 
     def quantizers_initialized(self) -> bool:
         """Whether every quantizer with data-dependent parameters has been initialised."""

@@ -25,16 +25,18 @@ grid, all others on a signed one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from tfadaqat import configs as configs_lib
+from tfadaqat import methods as methods_lib
 from tfadaqat import quantizers as quantizers_lib
 from tfadaqat._compat import (functional_nodes_by_depth, is_graph_network, is_keras3_object,
                               keras, tf, tfmot)
-from tfadaqat.adaqat import AdaQATRule
+from tfadaqat.annotation import LayerAnnotation
 from tfadaqat.budget import QUANTITIES, Budget
-from tfadaqat.graph import flatten_model
+from tfadaqat.graph import flatten_annotated_model
 from tfadaqat.keras3 import from_keras3
 from tfadaqat.layer_kinds import (activation_name, is_custom_layer, is_non_negative_activation,
                                   kind_of)
@@ -53,6 +55,10 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
                    quantize_inputs: bool = True, layer_bits: Optional[Dict[str, int]] = None,
                    budget=None, cost_weight=10.0, adaqat_rule="default", **method_options):
     """Returns a copy of `model` ready for quantization-aware training with learned bit-widths.
+
+    The arguments set how every layer is quantized; a layer wrapped with
+    :func:`tfadaqat.annotate` takes its annotation's settings (method, bits, range, options,
+    skip) and these for what the annotation leaves unset, so one model can mix methods.
 
     Args:
       model: A built tf-keras Sequential or Functional model (nested models are flattened),
@@ -80,12 +86,11 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
         ``lambda_j = c / budget_j^2`` (so the penalty is ``c sum_j (excess_j / budget_j)^2``,
         one scale for BitOPs and KB), or a dict of explicit ``lambda_j`` by quantity
         ("bitops", "weight_kb", "activation_kb").
-      **method_options: Constructor options of the method's quantizers: "grid", "rescale"
-        (adaqat); "parametrization", "power_of_two", "min_step", "max_step" (dq).
-
       adaqat_rule: For "adaqat" with `learn_bits`: the :class:`tfadaqat.adaqat.AdaQATRule`
         that learns the bit-widths during ``fit`` ("default": the authors' settings; None: the
         bit-widths stay where they are set).
+      **method_options: Constructor options of the method's quantizers: "grid", "rescale"
+        (adaqat); "parametrization", "power_of_two", "min_step", "max_step" (dq).
 
     Returns:
       A :class:`tfadaqat.QuantizedModel` (a Functional tf-keras model) whose quantized layers
@@ -104,14 +109,13 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
       >>> bit_widths(qmodel)["dense"]["kernel"]
       4
     """
-    if method not in configs_lib.METHODS:
-        raise ValueError(f"method must be one of {configs_lib.METHODS}, got {method!r}")
+    method_definition = methods_lib.get(method)
     for name, value in (("weight_bits", weight_bits), ("activation_bits", activation_bits),
                         ("min_bits", min_bits), ("max_bits", max_bits)):
         quantizers_lib.validate_bits(name, value)
     if min_bits > max_bits:
         raise ValueError(f"min_bits ({min_bits}) must be <= max_bits ({max_bits})")
-    if method != "lsq":
+    if method_definition.learns_bits:
         for name, value in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
             if not min_bits <= value <= max_bits:
                 raise ValueError(f"{name} must lie in min_bits..max_bits = {min_bits}..{max_bits} "
@@ -119,41 +123,55 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
     if weight_bits < 2:
         raise ValueError(f"weight_bits must be an integer in 2..16 (signed weights need 2 bits), "
                          f"got {weight_bits}")
-    configs_lib.validate_options(method, method_options)
-    _check_budget_arguments(method, budget, cost_weight, learn_bits, adaqat_rule)
+    method_definition.validate_options(method_options)
+    settings = method_definition.settings_from_arguments(learn_bits=learn_bits,
+                                                         adaqat_rule=adaqat_rule)
+    _check_budget_arguments(method_definition, budget, cost_weight, learn_bits, settings)
+    del settings  # given to each method the model ends up using, below
     if is_keras3_object(model):
         model = from_keras3(model)
     _check_model(model)
     if isinstance(skip, str):
         skip = (skip,)
-    flat = flatten_model(model, quantize_inputs=quantize_inputs)
+    flat, annotations = flatten_annotated_model(model, quantize_inputs=quantize_inputs)
     names = {layer.name for layer in flat.layers}
     missing = sorted(set(skip) - names)
     if missing:
         raise ValueError(f"skip names layer(s) {missing} that the model does not have; "
                          f"layers: {sorted(names)}")
 
-    layer_bits = dict(layer_bits or {})
-    missing = sorted(set(layer_bits) - names)
-    if missing:
-        raise ValueError(f"layer_bits names layer(s) {missing} that the model does not have; "
-                         f"layers: {sorted(names)}")
-    for name, value in layer_bits.items():
-        quantizers_lib.validate_bits(f"layer_bits[{name!r}]", value, low=2)
-        if method != "lsq" and not max(min_bits, 2) <= value <= max_bits:
-            raise ValueError(f"layer_bits[{name!r}] must lie in min_bits..max_bits = "
-                             f"{max(min_bits, 2)}..{max_bits} for method {method!r}, got "
-                             f"{value}")
+    defaults = _LayerSettings(method_definition, weight_bits, activation_bits, min_bits,
+                              max_bits, learn_bits, dict(method_options))
+    per_layer = _layer_bits_settings(defaults, layer_bits, names)
+    skip = set(skip)
+    for name, annotation in annotations.items():
+        if annotation is None or not isinstance(annotation, LayerAnnotation):
+            raise ValueError(
+                f"layer {name!r} is annotated with {type(annotation).__name__} (TFMOT's "
+                "quantize_annotate_layer); tfadaqat reads the annotations of tfadaqat.annotate")
+        if annotation.skip:
+            skip.add(name)
+        elif name in per_layer:
+            raise ValueError(f"layer {name!r} has both an annotation and layer_bits; give its "
+                             "bits in one place")
+        else:
+            per_layer[name] = _annotated_settings(defaults, annotation, name)
 
-    def quantizer(kind: str, signed: bool, layer_name: str):
-        bits = layer_bits.get(layer_name,
-                              weight_bits if kind == "weight" else activation_bits)
-        return configs_lib.make_quantizer(
-            method, kind, signed=signed, bits=bits,
-            min_bits=max(min_bits, 2) if signed else min_bits, max_bits=max_bits,
-            learn_bits=learn_bits, options=method_options)
+    def quantizer(kind: str, signed: bool, layer_names: List[str]):
+        """The quantizer of a tensor that ends the fused chain `layer_names` (nearest
+        first): with the layer's own settings, else those of the nearest annotated layer
+        of the chain (``layer_bits`` names one layer's own tensors only)."""
+        settings = per_layer.get(layer_names[0]) or next(
+            (per_layer[name] for name in layer_names[1:]
+             if name in annotations and name in per_layer), defaults)
+        return settings.method.make_quantizer(
+            kind, signed=signed,
+            bits=settings.weight_bits if kind == "weight" else settings.activation_bits,
+            min_bits=max(settings.min_bits, 2) if signed else settings.min_bits,
+            max_bits=settings.max_bits, learn_bits=settings.learn_bits,
+            options=settings.options)
 
-    layer_configs, unsupported = _plan(flat, set(skip), quantizer)
+    layer_configs, unsupported = _plan(flat, skip, quantizer)
     if unsupported:
         warnings.warn(
             "tfadaqat.quantize_model leaves these layers in float (no integer kernel is known "
@@ -174,31 +192,110 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
             annotated, scheme=_AnnotatedOnlyScheme(), quantized_layer_name_prefix="quant_")
         quantized = _rebuild_from_config(applied)
     _finalize_adapted_normalizations(quantized)
+    used = methods_lib.in_model(quantized)
     if budget is not None:
+        _check_one_learning_method(used, method_definition)
         resolved = budget.resolve(quantized)
         quantized.set_budget(resolved, _penalty_weights(resolved, cost_weight))
-    if method == "adaqat" and learn_bits and adaqat_rule is not None:
-        if adaqat_rule == "default":
-            adaqat_rule = AdaQATRule()
-        if not isinstance(adaqat_rule, AdaQATRule):
-            raise TypeError("adaqat_rule must be a tfadaqat.adaqat.AdaQATRule, 'default' or "
-                            f"None, got {adaqat_rule!r}")
-        quantized.set_adaqat_rule(adaqat_rule)
+    for used_method in used:
+        learning = any(getattr(quantizer, "learn_bits", True) for _, _, quantizer, _, _ in
+                       quantized_tensors(quantized) if used_method.owns(quantizer))
+        method_settings = used_method.settings_from_arguments(learn_bits=learning,
+                                                              adaqat_rule=adaqat_rule)
+        if method_settings is not None:
+            quantized.set_method_settings(used_method.name, method_settings)
     return quantized
 
 
-def _check_budget_arguments(method: str, budget, cost_weight, learn_bits: bool,
-                            adaqat_rule) -> None:
+@dataclasses.dataclass(frozen=True)
+class _LayerSettings:
+    """How one layer's tensors are quantized: ``quantize_model``'s arguments, or a layer's
+    own (``layer_bits``, :func:`tfadaqat.annotate`)."""
+
+    method: methods_lib.Method
+    weight_bits: int
+    activation_bits: int
+    min_bits: int
+    max_bits: int
+    learn_bits: bool
+    options: Dict[str, Any]
+
+
+def _layer_bits_settings(defaults: _LayerSettings, layer_bits, names) -> Dict[str, Any]:
+    """The settings `layer_bits` (bits by layer name) gives its layers."""
+    layer_bits = dict(layer_bits or {})
+    missing = sorted(set(layer_bits) - names)
+    if missing:
+        raise ValueError(f"layer_bits names layer(s) {missing} that the model does not have; "
+                         f"layers: {sorted(names)}")
+    low = max(defaults.min_bits, 2)
+    for name, value in layer_bits.items():
+        quantizers_lib.validate_bits(f"layer_bits[{name!r}]", value, low=2)
+        if defaults.method.learns_bits and not low <= value <= defaults.max_bits:
+            raise ValueError(f"layer_bits[{name!r}] must lie in min_bits..max_bits = "
+                             f"{low}..{defaults.max_bits} for method "
+                             f"{defaults.method.name!r}, got {value}")
+    return {name: dataclasses.replace(defaults, weight_bits=value, activation_bits=value)
+            for name, value in layer_bits.items()}
+
+
+def _annotated_settings(defaults: _LayerSettings, annotation, name: str) -> _LayerSettings:
+    """`defaults` with what `annotation` sets for layer `name`.
+
+    Raises:
+      ValueError: Naming the layer, for bits outside its min..max (methods that learn bits)
+        or options its method does not take.
+    """
+    method = methods_lib.get(annotation.method or defaults.method.name)
+    options = annotation.options
+    if options is None:
+        options = defaults.options if method is defaults.method else {}
+
+    def pick(field):
+        value = getattr(annotation, field)
+        return getattr(defaults, field) if value is None else value
+
+    settings = _LayerSettings(method, pick("weight_bits"), pick("activation_bits"),
+                              pick("min_bits"), pick("max_bits"), pick("learn_bits"),
+                              dict(options))
+    where = f"annotation of layer {name!r}"
+    if settings.min_bits > settings.max_bits:
+        raise ValueError(f"{where}: min_bits ({settings.min_bits}) must be <= max_bits "
+                         f"({settings.max_bits})")
+    if method.learns_bits:
+        for field in ("weight_bits", "activation_bits"):
+            value = getattr(settings, field)
+            if not settings.min_bits <= value <= settings.max_bits:
+                raise ValueError(f"{where}: {field} must lie in min_bits..max_bits = "
+                                 f"{settings.min_bits}..{settings.max_bits} for method "
+                                 f"{method.name!r}, got {value}")
+    try:
+        method.validate_options(settings.options)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    return settings
+
+
+def _check_one_learning_method(used, default_method) -> None:
+    """A budget is met by one method's bit-width learning: refuse a model whose layers learn
+    bits with two, or with none."""
+    learning = [method.name for method in used if method.learns_bits]
+    if len(learning) > 1:
+        raise ValueError(f"a budget is met by one method's bit-width learning, but this model's "
+                         f"layers learn bit-widths with {learning}; annotate the other layers "
+                         f"with one of them, or with method='lsq' (fixed bits)")
+    if not learning:
+        raise ValueError(f"a budget needs learned bit-widths, but every quantized layer has "
+                         f"fixed ones (methods {[method.name for method in used]}); the "
+                         f"method {default_method.name!r} learns none here")
+
+
+def _check_budget_arguments(method, budget, cost_weight, learn_bits: bool, settings) -> None:
     if budget is None:
         return
     if not isinstance(budget, Budget):
         raise TypeError(f"budget must be a tfadaqat.Budget, got {type(budget).__name__}")
-    if method == "lsq":
-        raise ValueError("method 'lsq' has fixed bit-widths and cannot learn to meet a budget; "
-                         "use method 'dq' or 'adaqat'")
-    if method == "adaqat" and (not learn_bits or adaqat_rule is None):
-        raise ValueError("a budget with method 'adaqat' needs learned bit-widths: pass "
-                         "learn_bits=True and an adaqat_rule (not None)")
+    method.check_budget_arguments(learn_bits=learn_bits, settings=settings)
     if isinstance(cost_weight, dict):
         unknown = sorted(set(cost_weight) - set(QUANTITIES))
         if unknown:
@@ -258,8 +355,8 @@ def _check_model(model) -> None:
     if not model.built:
         raise ValueError(f"model {model.name!r} is not built; give its first layer an input "
                          "shape or call model.build(input_shape)")
-    if any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper) or
-           type(layer).__name__ == "QuantizeAnnotate" for layer in _all_layers(model)):
+    if any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapper)
+           for layer in _all_layers(model)):
         raise ValueError(f"model {model.name!r} is already quantized; pass the float model")
 
 
@@ -304,6 +401,10 @@ def _plan(flat, skip, quantizer) -> Tuple[Dict[str, configs_lib.LayerQuantizeCon
                 and activation_name(user) in _RELU_FAMILY)
 
     non_negative: Dict[str, bool] = {}
+    # The layers whose output a layer's output quantizer ends (conv -> BN -> ReLU: the ReLU
+    # carries the conv's and the BN's), nearest first: a layer's own settings (see
+    # tfadaqat.annotate) apply to the output of its fused chain.
+    carried: Dict[str, List[str]] = {}
     configs: Dict[str, configs_lib.LayerQuantizeConfig] = {}
     unsupported: List[str] = []
     for layer in ordered:
@@ -335,12 +436,15 @@ def _plan(flat, skip, quantizer) -> Tuple[Dict[str, configs_lib.LayerQuantizeCon
         if kind.output == "keep" or layer.name in skip:
             continue
         attributes = kind.weights
-        weight_quantizer = quantizer("weight", True, layer.name) if attributes else None
+        weight_quantizer = quantizer("weight", True, [layer.name]) if attributes else None
         output_quantizer = None
         if kind.output == "fixed":
             output_quantizer = quantizers_lib.FixedGridQuantizer(*kind.fixed_grid)
         elif not fused_into_consumer(layer):
-            output_quantizer = quantizer("activation", not non_negative[layer.name], layer.name)
+            output_quantizer = quantizer("activation", not non_negative[layer.name],
+                                         [layer.name] + carried.get(layer.name, []))
+        else:
+            carried[consumers[layer.name][0].name] = [layer.name] + carried.get(layer.name, [])
         if weight_quantizer is None and output_quantizer is None:
             continue
         configs[layer.name] = configs_lib.LayerQuantizeConfig(attributes, weight_quantizer,
@@ -384,6 +488,7 @@ def quantize_scope():
     """
     objects = {f"tfadaqat>{name}": cls for name, cls in quantizers_lib.QUANTIZER_CLASSES.items()}
     objects["tfadaqat>LayerQuantizeConfig"] = configs_lib.LayerQuantizeConfig
+    objects["tfadaqat>LayerAnnotation"] = LayerAnnotation
     objects["tfadaqat>QuantizedModel"] = QuantizedModel
     objects["tfadaqat>ChannelAffine"] = ChannelAffine
     objects["tfadaqat>QuantizationPoint"] = QuantizationPoint

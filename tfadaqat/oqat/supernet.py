@@ -37,10 +37,10 @@ import numpy as np
 from tfadaqat import first_execution
 from tfadaqat._compat import keras, tf
 from tfadaqat.cost import cost
+from tfadaqat.methods.shared_step import SharedStep
 from tfadaqat.oqat.architecture import SupernetSpec, build_subnet
 from tfadaqat.oqat.space import SearchSpace, SubnetConfig
 from tfadaqat.quantize import quantize_model
-from tfadaqat.quantizers import LSQQuantizer
 from tfadaqat.tensors import quantized_tensors, unwrapped_layer
 
 _EPSILON = 1e-3  # Keras' BatchNormalization default, which extracted models use
@@ -68,30 +68,6 @@ class _BatchNorm(tf.Module):
         return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, _EPSILON)
 
 
-class _Step(tf.Module):
-    """One shared LSQ step ``s = exp(log_step)`` and the quantizer that uses it.
-
-    The step is learned in log space: an optimizer that normalises gradients (Adam) then moves
-    it by a relative amount per update, where on ``s`` itself it moves it by about the learning
-    rate, which drove small weight steps through zero within a few updates (a 3-bit supernet
-    from scratch diverged at Adam 3e-3). The gradient is LSQ's, times ``s``.
-    """
-
-    def __init__(self, bits: int, signed: bool, kind: str, name: str):
-        super().__init__(name=name)
-        self.quantizer = LSQQuantizer(bits, signed=signed, kind=kind)
-        self.log_step = tf.Variable(0.0, name="log_step")
-
-    @property
-    def step(self) -> tf.Tensor:
-        return tf.exp(self.log_step)
-
-    def __call__(self, x, initialize: bool = False):
-        if initialize:
-            self.log_step.assign(tf.math.log(self.quantizer._initial_values(x)["step"]))
-        return self.quantizer._quantize(x, {"step": self.step})
-
-
 class _BlockSlot(tf.Module):
     """The largest weights, BatchNormalizations and shared steps of one block position."""
 
@@ -115,13 +91,13 @@ class _BlockSlot(tf.Module):
         self.depthwise_bn = _BatchNorm(self.hidden, "depthwise_bn")
         self.project_bn = _BatchNorm(output_channels, "project_bn")
         self.steps = {
-            "expand_conv": _Step(bits, True, "weight", "expand_conv_step"),
-            "expand_relu": _Step(bits, False, "activation", "expand_relu_step"),
-            "depthwise_conv": _Step(bits, True, "weight", "depthwise_conv_step"),
-            "depthwise_relu": _Step(bits, False, "activation", "depthwise_relu_step"),
-            "project_conv": _Step(bits, True, "weight", "project_conv_step"),
-            "project_bn": _Step(bits, True, "activation", "project_bn_step"),
-            "add": _Step(bits, True, "activation", "add_step")}
+            "expand_conv": SharedStep(bits, True, "weight", "expand_conv_step"),
+            "expand_relu": SharedStep(bits, False, "activation", "expand_relu_step"),
+            "depthwise_conv": SharedStep(bits, True, "weight", "depthwise_conv_step"),
+            "depthwise_relu": SharedStep(bits, False, "activation", "depthwise_relu_step"),
+            "project_conv": SharedStep(bits, True, "weight", "project_conv_step"),
+            "project_bn": SharedStep(bits, True, "activation", "project_bn_step"),
+            "add": SharedStep(bits, True, "activation", "add_step")}
 
     @property
     def residual(self) -> bool:
@@ -196,22 +172,22 @@ class Supernet(keras.Model):
             keras.initializers.GlorotUniform(seed=seed + 7)(
                 [3, 3, spec.input_shape[-1], spec.stem_channels]), name="stem_kernel")
         self.stem_bn = _BatchNorm(spec.stem_channels, "stem_bn")
-        self.stem_step = _Step(bits, False, "activation", "stem_relu_step")
-        self.pool_step = _Step(bits, True, "activation", "pool_step")
+        self.stem_step = SharedStep(bits, False, "activation", "stem_relu_step")
+        self.pool_step = SharedStep(bits, True, "activation", "pool_step")
         self.classifier_kernel = tf.Variable(
             keras.initializers.GlorotUniform(seed=seed + 8)(
                 [spec.stage_channels[-1], spec.num_classes]), name="classifier_kernel")
         self.classifier_bias = tf.Variable(tf.zeros([spec.num_classes]), name="classifier_bias")
         # "layer/tensor" of the extracted model -> step; empty with a float stem and classifier.
-        self.edge_steps: Dict[str, _Step] = {}
+        self.edge_steps: Dict[str, SharedStep] = {}
         if edge_bits is not None:
             self.edge_steps = {
-                "image_quantize_point/output": _Step(edge_bits, True, "activation",
+                "image_quantize_point/output": SharedStep(edge_bits, True, "activation",
                                                           "image_step"),
-                "stem_conv/kernel": _Step(edge_bits, True, "weight", "stem_conv_step"),
-                "classifier/kernel": _Step(edge_bits, True, "weight",
+                "stem_conv/kernel": SharedStep(edge_bits, True, "weight", "stem_conv_step"),
+                "classifier/kernel": SharedStep(edge_bits, True, "weight",
                                                 "classifier_kernel_step"),
-                "classifier/output": _Step(edge_bits, True, "activation",
+                "classifier/output": SharedStep(edge_bits, True, "activation",
                                                 "classifier_output_step")}
         self.slots: List[List[_BlockSlot]] = []
         channels = spec.stem_channels
@@ -447,7 +423,7 @@ def network_cost(config: SubnetConfig, spec: SupernetSpec, space: SearchSpace, b
 
 
 def shared_steps(supernet: Supernet) -> Dict[str, tf.Variable]:
-    """Every shared step's variable (``log s``, see ``_Step``) at the supernet's bit-width, by
+    """Every shared step's variable (``log s``, see ``SharedStep``) at the supernet's bit-width, by
     the name of the layer it quantizes in an extracted model (``stem_relu``,
     ``stage1_block1_expand_conv``, ..., ``pool``); the ``edge_bits`` steps are in
     ``supernet.edge_steps``."""

@@ -36,12 +36,32 @@ __all__ = [
     "DQ_PARAMETRIZATIONS", "MAX_SUPPORTED_BITS", "MIN_SUPPORTED_BITS", "QUANTIZER_CLASSES",
     "TENSOR_KINDS", "DQQuantizer", "DoReFaWeightQuantizer", "FixedGridQuantizer",
     "LSQQuantizer", "PACTActivationQuantizer", "TensorQuantizer", "deserialize", "get",
-    "initialization_active", "initialization_mode", "serialize", "validate_bits",
+    "initialization_active", "initialization_mode", "register", "serialize",
+    "validate_bits",
 ]
 
 QUANTIZER_CLASSES = {cls.__name__: cls for cls in
                      (DoReFaWeightQuantizer, PACTActivationQuantizer, LSQQuantizer, DQQuantizer,
                       FixedGridQuantizer)}
+
+
+def register(cls):
+    """Makes the quantizer class `cls` known by its name to :func:`get`, :func:`deserialize`
+    and :func:`tfadaqat.quantize_scope` (what a new method's quantizer needs); usable as a
+    class decorator.
+
+    Raises:
+      TypeError: If `cls` is not a subclass of :class:`TensorQuantizer`.
+      ValueError: If another class of that name is registered.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, TensorQuantizer)):
+        raise TypeError(f"register expects a TensorQuantizer subclass, got {cls!r}")
+    known = QUANTIZER_CLASSES.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ValueError(f"a quantizer class named {cls.__name__!r} is registered already "
+                         f"({known.__module__})")
+    QUANTIZER_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def serialize(quantizer: Optional[TensorQuantizer]):

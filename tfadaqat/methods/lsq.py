@@ -1,0 +1,28 @@
+"""LSQ (Esser et al.): fixed bit-widths, a learned step per tensor.
+
+Quantizer: :class:`tfadaqat.quantizers.LSQQuantizer` (``q = s round(clip(x / s, Q_n, Q_p))``,
+the step's gradient scaled by ``1 / sqrt(numel Q_p)``). No options, no settings and nothing
+added to the training step: the bit-widths are what the user sets, so no budget applies.
+"""
+
+from __future__ import annotations
+
+from tfadaqat.methods.base import Method, check_kind, register
+from tfadaqat.quantizers import LSQQuantizer
+
+
+class LSQ(Method):
+    """Learned step size quantization at fixed bit-widths."""
+
+    name = "lsq"
+    quantizer_classes = (LSQQuantizer,)
+    learns_bits = False
+
+    def make_quantizer(self, kind, *, signed, bits, min_bits, max_bits, learn_bits=True,
+                       options=None):
+        check_kind(kind)
+        self.validate_options(options or {})
+        return LSQQuantizer(bits=bits, signed=signed, kind=kind)
+
+
+LSQ_METHOD = register(LSQ())
