@@ -103,8 +103,7 @@ class _ToyMethod(base.Method):
     quantizer_classes = (_ToyQuantizer,)
     settings_config_key = "toy_settings"
 
-    def make_quantizer(self, kind, *, signed, bits, min_bits, max_bits, learn_bits=True,
-                       options=None):
+    def build_quantizer(self, kind, *, signed, bits, **unused):
         return _ToyQuantizer(bits=bits, signed=signed, kind=kind)
 
     def settings_from_arguments(self, *, learn_bits, adaqat_rule):

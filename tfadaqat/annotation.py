@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional
 
 from tfadaqat import methods as methods_lib
 from tfadaqat._compat import keras, quantize_annotate_class
+from tfadaqat.configurable import Configurable
 from tfadaqat.quantizers import validate_bits
 
 FIELDS = ("method", "weight_bits", "activation_bits", "min_bits", "max_bits", "learn_bits",
@@ -33,7 +34,7 @@ FIELDS = ("method", "weight_bits", "activation_bits", "min_bits", "max_bits", "l
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
-class LayerAnnotation:
+class LayerAnnotation(Configurable):
     """The quantization settings of one layer; None fields take ``quantize_model``'s values.
 
     Args:
@@ -81,16 +82,6 @@ class LayerAnnotation:
 
     def get_config(self) -> Dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, LayerAnnotation) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other
 
     def __repr__(self):
         given = ", ".join(f"{name}={value!r}" for name, value in self.get_config().items()

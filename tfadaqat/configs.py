@@ -17,14 +17,15 @@ nothing extra at training time, and keeps BN's batch statistics for training.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 from tfadaqat import quantizers as quantizers_lib
 from tfadaqat._compat import base_quantize_config_class, keras
+from tfadaqat.configurable import Configurable
 
 
 @keras.utils.register_keras_serializable(package="tfadaqat")
-class LayerQuantizeConfig(base_quantize_config_class):
+class LayerQuantizeConfig(Configurable, base_quantize_config_class):
     """Quantizes the named weights of a layer and, optionally, its output.
 
     Args:
@@ -71,12 +72,3 @@ class LayerQuantizeConfig(base_quantize_config_class):
                 "weight_quantizer": quantizers_lib.serialize(self.weight_quantizer),
                 "output_quantizer": quantizers_lib.serialize(self.output_quantizer)}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, LayerQuantizeConfig) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other

@@ -62,28 +62,32 @@ class LayerCost(_Kilobytes):
     activation_memory_bits: int
 
 
+class _LayerTotal:
+    """A read-only attribute of :class:`ModelCost`: the sum of that attribute over its layers."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, cost, owner=None) -> int:
+        if cost is None:
+            return self
+        return sum(getattr(layer, self.name) for layer in cost.layers)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelCost(_Kilobytes):
-    """Totals and per-layer rows of :func:`cost`."""
+    """Totals and per-layer rows of :func:`cost`.
+
+    ``macs``, ``bitops``, ``params`` and ``weight_memory_bits`` are sums over the layers;
+    ``activation_memory_bits`` is their largest or their sum (``activation_reduce``).
+    """
 
     layers: List[LayerCost]
     activation_reduce: str
-
-    @property
-    def macs(self) -> int:
-        return sum(layer.macs for layer in self.layers)
-
-    @property
-    def bitops(self) -> int:
-        return sum(layer.bitops for layer in self.layers)
-
-    @property
-    def params(self) -> int:
-        return sum(layer.params for layer in self.layers)
-
-    @property
-    def weight_memory_bits(self) -> int:
-        return sum(layer.weight_memory_bits for layer in self.layers)
+    macs = _LayerTotal()
+    bitops = _LayerTotal()
+    params = _LayerTotal()
+    weight_memory_bits = _LayerTotal()
 
     @property
     def activation_memory_bits(self) -> int:

@@ -18,7 +18,7 @@ import dataclasses
 
 from tfadaqat._compat import tf
 from tfadaqat.adaqat import AdaQATRule, create_budget_state, probe
-from tfadaqat.methods.base import Method, StepHooks, check_kind, pick, register
+from tfadaqat.methods.base import Method, StepHooks, register
 from tfadaqat.quantizers import DoReFaWeightQuantizer, PACTActivationQuantizer
 
 OPTIONS = ("grid", "rescale")  # DoReFa weights'; PACT activations take none
@@ -48,14 +48,10 @@ class AdaQAT(Method):
     learns_bits = True
     settings_config_key = "tfadaqat_adaqat_rule"
 
-    def make_quantizer(self, kind, *, signed, bits, min_bits, max_bits, learn_bits=True,
-                       options=None):
-        check_kind(kind)
-        self.validate_options(options or {})
+    def build_quantizer(self, kind, *, signed, bits, min_bits, max_bits, learn_bits, options):
         if kind == "weight":
             return DoReFaWeightQuantizer(bits=bits, min_bits=min_bits, max_bits=max_bits,
-                                         learn_bits=learn_bits,
-                                         **pick(options, OPTIONS))
+                                         learn_bits=learn_bits, **options)
         return PACTActivationQuantizer(bits=bits, min_bits=min_bits, max_bits=max_bits,
                                        learn_bits=learn_bits, signed=signed)
 

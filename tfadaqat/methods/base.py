@@ -93,7 +93,21 @@ class Method:
     def make_quantizer(self, kind: str, *, signed: bool, bits: int, min_bits: int,
                        max_bits: int, learn_bits: bool = True,
                        options: Optional[Mapping[str, Any]] = None) -> TensorQuantizer:
-        """The quantizer of one tensor of `kind` ("weight" or "activation")."""
+        """The quantizer of one tensor of `kind` ("weight" or "activation").
+
+        Raises:
+          ValueError: For an unknown `kind` or an option this method does not take.
+        """
+        check_kind(kind)
+        options = dict(options or {})
+        self.validate_options(options)
+        return self.build_quantizer(kind, signed=signed, bits=bits, min_bits=min_bits,
+                                    max_bits=max_bits, learn_bits=learn_bits, options=options)
+
+    def build_quantizer(self, kind: str, **settings) -> TensorQuantizer:
+        """:meth:`make_quantizer` once its arguments are checked (what a method defines):
+        `settings` are ``signed``, ``bits``, ``min_bits``, ``max_bits``, ``learn_bits`` and
+        ``options``."""
         raise NotImplementedError
 
     def check_budget_arguments(self, *, learn_bits: bool, settings: Any) -> None:
@@ -187,8 +201,3 @@ def check_kind(kind: str) -> None:
     if kind not in TENSOR_KINDS:
         raise ValueError(f"kind must be one of {TENSOR_KINDS}, got {kind!r}")
 
-
-def pick(options: Optional[Mapping[str, Any]], allowed: Sequence[str]) -> Dict[str, Any]:
-    """The entries of `options` named in `allowed`."""
-    options = dict(options or {})
-    return {name: options[name] for name in allowed if name in options}

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 from tfadaqat._compat import keras, tf
 from tfadaqat.budget import budget_met, budget_penalty
 from tfadaqat.cost import differentiable_cost
-from tfadaqat.methods.base import Method, StepHooks, check_kind, pick, register
+from tfadaqat.methods.base import Method, StepHooks, register
 from tfadaqat.quantizers import DQQuantizer
 from tfadaqat.tensors import quantized_tensors
 
@@ -134,12 +134,9 @@ class DQ(Method):
     quantizer_classes = (DQQuantizer,)
     learns_bits = True
 
-    def make_quantizer(self, kind, *, signed, bits, min_bits, max_bits, learn_bits=True,
-                       options=None):
-        check_kind(kind)
-        self.validate_options(options or {})
+    def build_quantizer(self, kind, *, signed, bits, min_bits, max_bits, options, **unused):
         return DQQuantizer(bits=bits, min_bits=min_bits, max_bits=max_bits, signed=signed,
-                           **pick(options, OPTIONS))
+                           **options)
 
     def check_budget_arguments(self, *, learn_bits, settings):
         pass  # DQ's bit-widths always follow its learned ranges

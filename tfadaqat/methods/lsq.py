@@ -7,21 +7,16 @@ added to the training step: the bit-widths are what the user sets, so no budget 
 
 from __future__ import annotations
 
-from tfadaqat.methods.base import Method, check_kind, register
+from tfadaqat.methods.base import Method, register
 from tfadaqat.quantizers import LSQQuantizer
 
 
 class LSQ(Method):
-    """Learned step size quantization at fixed bit-widths."""
+    """Learned step size quantization at fixed bit-widths (a tensor's range is unused)."""
 
-    name = "lsq"
-    quantizer_classes = (LSQQuantizer,)
-    learns_bits = False
+    name, quantizer_classes = "lsq", (LSQQuantizer,)
 
-    def make_quantizer(self, kind, *, signed, bits, min_bits, max_bits, learn_bits=True,
-                       options=None):
-        check_kind(kind)
-        self.validate_options(options or {})
+    def build_quantizer(self, kind, *, signed, bits, **unused):
         return LSQQuantizer(bits=bits, signed=signed, kind=kind)
 
 

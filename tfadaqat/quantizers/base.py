@@ -14,6 +14,7 @@ import types
 from typing import Any, Dict, Tuple
 
 from tfadaqat._compat import base_quantizer_class, keras, tf
+from tfadaqat.configurable import Configurable
 
 PACKAGE = "tfadaqat"  # the Keras registration package of every quantizer class
 MIN_SUPPORTED_BITS = 1
@@ -96,7 +97,7 @@ def mean_magnitude(values: tf.Tensor) -> tf.Tensor:
     return over_replicas(tf.reduce_mean(tf.abs(finite_values(values))), "mean")
 
 
-class TensorQuantizer(base_quantizer_class):
+class TensorQuantizer(Configurable, base_quantizer_class):
     """Shared plumbing of tfadaqat quantizers: variables, lazy initialisation, config.
 
     Subclasses define ``_variable_specs`` (name -> (initial value, trainable)),
@@ -182,19 +183,3 @@ class TensorQuantizer(base_quantizer_class):
             variables[name].assign(value)
         variables["initialized"].assign(1.0)
 
-    def get_config(self) -> Dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other
-
-    def __repr__(self):
-        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({arguments})"
