@@ -18,6 +18,8 @@ import tensorflow_model_optimization as tfmot  # noqa: E402
 
 base_quantizer_class = tfmot.quantization.keras.quantizers.Quantizer
 base_quantize_config_class = tfmot.quantization.keras.QuantizeConfig
+from tensorflow.lite.python import schema_py_generated  # noqa: E402  (already loaded by tf)
+
 # What quantize_annotate_layer wraps a layer in (TFMOT does not export the class itself).
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (  # noqa: E402,E501
     QuantizeAnnotate as quantize_annotate_class)
@@ -82,5 +84,4 @@ def tflite_ops(interpreter):
 
 def tflite_schema():
     """TensorFlow's generated TFLite flatbuffer schema module (an internal API)."""
-    from tensorflow.lite.python import schema_py_generated
     return schema_py_generated
