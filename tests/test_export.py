@@ -467,3 +467,48 @@ def test_file_stores_the_learned_integers_times_floor_127_over_n(tmp_path):
             integers = integers.T
         stored = _filter_of(interpreter, op_name)
         np.testing.assert_array_equal(stored, (127 // n) * integers, err_msg=layer_name)
+
+
+def _mostly_zero_depthwise():
+    inputs = keras.Input((6, 6, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="depthwise")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("limit", [True, False])
+def test_an_output_step_below_1_256_of_the_sum_still_runs_on_xnnpack(limit, tmp_path,
+                                                                    monkeypatch):
+    # A depthwise output step far finer than its sum's unit (Xception's last separable
+    # convolution after LSQ's initialisation: the file's multiplier was 692): XNNPACK refused
+    # the file. With the multiplier set to 255 every output is the same and XNNPACK runs it.
+    from tfadaqat.export import convert as export_convert
+    if not limit:
+        monkeypatch.setattr(export_convert, "limit_output_multipliers",
+                            lambda content: (content, []))
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(0).normal(size=(32, 6, 6, 4)).astype(np.float32)
+    qmodel = tfadaqat.quantize_model(_mostly_zero_depthwise(), "lsq")
+    qmodel.initialize_quantizers(images)
+    variables = {(layer, role): v for layer, role, _, v, _ in tfadaqat.quantized_tensors(qmodel)}
+    unit = (variables[("conv", "output")]["step"].numpy()
+            * variables[("depthwise", "depthwise_kernel")]["step"].numpy())
+    # The file stores the kernel's integers times up to 127 (integers.py's refinement): a
+    # step 10^5 times finer than the learned unit is >= 787 times finer than the file's.
+    variables[("depthwise", "output")]["step"].assign(unit / 1e5)
+    path = str(tmp_path / "m.tflite")
+    if not limit:
+        with pytest.raises(RuntimeError, match="XNNPACK"):
+            export.export_tflite(qmodel, path, verify_with=images)
+        return
+    report = export.export_tflite(qmodel, path, verify_with=images,
+                                  runtimes=("xnnpack", "builtin"))
+    for runtime in ("xnnpack", "builtin"):
+        assert report.runtimes[runtime]["max_output_difference"] == 0.0, report.runtimes
+    interpreter = tflite_interpreter(open(path, "rb").read())
+    interpreter.allocate_tensors()
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    op = next(op for op in interpreter._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D")
+    scale = lambda index: details[index]["quantization_parameters"]["scales"]
+    multiplier = scale(op["inputs"][0])[0] * scale(op["inputs"][1]) / scale(op["outputs"][0])[0]
+    np.testing.assert_allclose(multiplier, 255.0, rtol=1e-5)

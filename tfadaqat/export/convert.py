@@ -14,6 +14,7 @@ from tfadaqat._compat import tf, tflite_interpreter
 from tfadaqat.cost import cost
 from tfadaqat.export.biases import align_biases, offset_constants, restore_offset_constants
 from tfadaqat.export.graph import build_integer_function
+from tfadaqat.export.multipliers import limit_output_multipliers
 from tfadaqat.export.packing import INT8_PACKING_NOTE, pack_int4
 from tfadaqat.export.plan import WEIGHT_STORAGES, make_plan
 from tfadaqat.export.report import ExportReport
@@ -118,6 +119,11 @@ def _export(model, path, folder, say, representative_dataset, input_type, output
         # reads; it warns as if no range were known.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         content = converter.convert()
+    content, limited = limit_output_multipliers(content)
+    if limited:
+        say(f"set the output multipliers of {len(limited)} layer(s) whose output step is "
+            f"below 1/256 of their sum's to 255 (same outputs; XNNPACK refuses 256 and more): "
+            f"{', '.join(limited)}")
     packing = INT8_PACKING_NOTE
     packed = sum(kernel.packed for kernel in plan.weights.values())
     if weight_storage == "int4":

@@ -197,7 +197,7 @@ def _quantize_output(wrapper, y, plan):
     # input's), the int8 range reaches (high - 255) steps, far below a low-bit grid's bottom:
     # the mean is rounded onto the grid first, then an exact identity convolution (a MAXIMUM
     # right after the MEAN is what the converter mishandles) carries it to the clamp.
-    if kind_of(wrapper.layer).name == "average_pool":
+    if kind_of(wrapper.layer).name == "average_pool" and not _pools_by_convolution(wrapper):
         y = _int8_fake_quant(y, scale, high)
         if _mean_stays_on_grid(plan, wrapper.name, scale, low):
             return y
@@ -224,6 +224,83 @@ def _identity_conv(x):
     fractional bits, which moved 0.4% of the values of a concatenation one step off Keras;
     a convolution's requantization uses 32 bits and matches Keras' rounding."""
     return _depthwise_affine(x, 1.0)
+
+
+def _pools_by_convolution(layer) -> bool:
+    """Whether `layer` (or its quantize wrapper) is an average pool exported as depthwise
+    convolutions (see :func:`_average_pool_convolutions`)."""
+    inner = unwrapped_layer(layer)
+    return isinstance(inner, _layers.AveragePooling2D) and inner.data_format == "channels_last"
+
+
+def _window_groups(size: int, pool: int, stride: int, padding: str):
+    """The output positions of one axis grouped by how their window is cut at the borders.
+
+    Returns:
+      ``[(first input index, input span, window length, outputs)]`` in order: the outputs of
+      a group read windows of `window length` values (the pool cut by the padding) every
+      `stride`, starting at `first input index`.
+    """
+    if padding == "valid":
+        outputs = (size - pool) // stride + 1
+        return [(0, (outputs - 1) * stride + pool, pool, outputs)]
+    outputs = -(-size // stride)
+    before = max((outputs - 1) * stride + pool - size, 0) // 2
+    groups = []
+    for index in range(outputs):
+        start = index * stride - before
+        cut_before, cut_after = max(0, -start), max(0, start + pool - size)
+        length = pool - cut_before - cut_after
+        if groups and groups[-1][2] == length and groups[-1][4] == (cut_before, cut_after):
+            first, _, _, count, cuts = groups[-1]
+            groups[-1] = (first, count * stride + length, length, count + 1, cuts)
+        else:
+            groups.append((start + cut_before, length, length, 1, (cut_before, cut_after)))
+    return [group[:4] for group in groups]
+
+
+def _average_pool_convolutions(x, layer, grid):
+    """The average pool `layer` as int8 depthwise convolutions of weights ``1 / n``.
+
+    TFLite's int8 AVERAGE_POOL_2D keeps its input's scale: the average is rounded onto the
+    input's grid and a QUANTIZE op then rounds it onto the layer's own, twice where Keras
+    rounds once (2x2 and 3x3 pools of a small model: 28-75% of its outputs one to six steps
+    off, on XNNPACK and the reference kernels alike). A depthwise convolution of weights
+    ``1 / n`` (int8 127 at scale ``1 / (127 n)``) requantizes the sum onto the layer's grid in
+    one rounding, as Keras does. A window that "same" padding cuts averages fewer values:
+    the output is assembled from one convolution per kind of cut (border rows and columns,
+    corners, interior), each on the layer's `grid` ``(scale, low, high)`` so that the
+    concatenations keep it.
+    """
+    inner = unwrapped_layer(layer)
+    height, width = (int(d) for d in x.shape[1:3])
+    rows = _window_groups(height, inner.pool_size[0], inner.strides[0], inner.padding)
+    columns = _window_groups(width, inner.pool_size[1], inner.strides[1], inner.padding)
+    bands = []
+    for row_start, row_span, window_rows, _ in rows:
+        pieces = []
+        for column_start, column_span, window_columns, _ in columns:
+            piece = _average_convolution(
+                x[:, row_start:row_start + row_span, column_start:column_start + column_span],
+                (window_rows, window_columns), inner.strides)
+            if grid is not None and (len(rows) > 1 or len(columns) > 1):
+                piece = _fake_quant_on_grid(piece, *grid)
+            pieces.append(piece)
+        bands.append(pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=2))
+    return bands[0] if len(bands) == 1 else tf.concat(bands, axis=1)
+
+
+def _average_convolution(x, window, strides):
+    """The mean of every `window` (``(rows, columns)``) at `strides`, "valid" padding, as a
+    depthwise convolution whose int8 weights are all 127 with scale ``1 / (127 n)``."""
+    channels = int(x.shape[-1])
+    height, width = int(window[0]), int(window[1])
+    scale = np.float32(1.0 / (INT8_WEIGHT_LIMIT * height * width))
+    kernel = np.full((height, width, channels, 1), INT8_WEIGHT_LIMIT * scale, np.float32)
+    weights = tf.quantization.fake_quant_with_min_max_vars(  # one scale for every channel
+        tf.constant(kernel), -127.0 * scale, 127.0 * scale, num_bits=8, narrow_range=True)
+    return tf.nn.depthwise_conv2d(x, weights, (1, int(strides[0]), int(strides[1]), 1),
+                                  "VALID")
 
 
 def _fake_quant_on_grid(y, scale: float, low: int, high: int):
@@ -287,6 +364,9 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
                 t if _same_step(plan.output_grids.get(source), scale) else _identity_conv(t),
                 scale, low, high) for t, source in zip(inputs, sources)]
         return tf.concat(inputs, axis=inner.axis)
+    if _pools_by_convolution(layer):
+        grid = plan.output_grids.get(layer.name)
+        return _average_pool_convolutions(x, layer, None if grid is None else grid[:3])
     if isinstance(inner, (_layers.AveragePooling2D, _layers.MaxPooling2D)):
         pool = tf.nn.avg_pool2d if isinstance(inner, _layers.AveragePooling2D) else tf.nn.max_pool2d
         return pool(x, inner.pool_size, inner.strides, inner.padding.upper())
