@@ -40,9 +40,14 @@ from tfadaqat._compat import keras, tf, tfmot
 from models import micro, resnet20
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("runs", 200, "Timed inferences per file and runtime (median).")
-flags.DEFINE_integer("epochs", 3, "Float epochs, then quantization-aware epochs.")
-flags.DEFINE_string("out", "runs/bench_deploy", "Folder for the files and deploy.json.")
+
+
+def _define_flags() -> None:
+    """The command line's flags, defined when run as a program only: other benches the tests
+    import define ``out`` and ``runs`` too, and absl refuses a flag defined twice."""
+    flags.DEFINE_integer("runs", 200, "Timed inferences per file and runtime (median).")
+    flags.DEFINE_integer("epochs", 3, "Float epochs, then quantization-aware epochs.")
+    flags.DEFINE_string("out", "runs/bench_deploy", "Folder for the files and deploy.json.")
 
 RUNTIMES = ("xnnpack", "builtin", "tflm")
 AGREEMENT = 0.999
@@ -210,4 +215,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
