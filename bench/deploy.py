@@ -37,6 +37,7 @@ from absl import app, flags
 import tfadaqat
 from tfadaqat import runtimes as runtimes_lib
 from tfadaqat._compat import keras, tf, tfmot
+from bench.verdicts import print_verdicts
 from models import micro, resnet20
 
 FLAGS = flags.FLAGS
@@ -207,11 +208,8 @@ def main(argv) -> int:
                          f"{within:>6}")
         print(f"{row['model']:<16} {row['file']:<12} {row['bytes']:>9,} "
               f"{row['physical_limit']:>9,.0f} {row['arena_bytes'] or 0:>7,}  " + "  ".join(cells))
-    checks = _checks(rows)
     print()
-    for description, met in checks:
-        print(f"[{'PASS' if met else 'FAIL'}] {description}")
-    return 0 if all(met for _, met in checks) else 1
+    return print_verdicts(_checks(rows))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from absl import app, flags
 
 import tfadaqat
 from tfadaqat._compat import keras, tf, tfmot
+from bench.verdicts import print_verdicts
 from models import resnet20
 
 FLAGS = flags.FLAGS
@@ -168,10 +169,7 @@ def main(argv):
           f"{FLAGS.inter_op_threads or 'default'}, median of {FLAGS.rounds} rounds x "
           f"{FLAGS.steps} steps")
     print(format_table(medians, FLAGS.batch_size))
-    checks = check_targets(medians)
-    for description, passed in checks:
-        print(f"[{'PASS' if passed else 'FAIL'}] {description}")
-    return 0 if all(passed for _, passed in checks) else 1
+    return print_verdicts(check_targets(medians))
 
 
 if __name__ == "__main__":
