@@ -418,3 +418,25 @@ def test_failed_export_restores_rescaling_and_normalization_constants(tmp_path, 
     np.testing.assert_array_equal(np.array(normalize.mean), saved_mean)
     np.testing.assert_array_equal(qmodel.predict(x, verbose=0), before)
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_two_relus_on_one_tensor_stay_integer(tmp_path):
+    # NASNetMobile's cells apply separate ReLU layers to one tensor, each with its own grid:
+    # the converter merged the two RELU ops into one with two output scales and left it in
+    # float (every NASNetMobile file had float RELU ops at e041bf8).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.BatchNormalization(name="bn0")(layers.Conv2D(8, 3, padding="same",
+                                                            name="conv0")(inputs))
+    a = layers.Conv2D(8, 1, name="conv_a")(layers.Activation("relu", name="relu_a")(x))
+    b = layers.Conv2D(8, 1, name="conv_b")(layers.ReLU(name="relu_b")(x))
+    model = keras.Model(inputs, layers.Dense(4)(layers.Flatten()(layers.Add()([a, b]))))
+    images = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32)
+    qmodel = tfadaqat.quantize_model(model, "lsq")
+    qmodel.compile(keras.optimizers.Adam(1e-2), "mse")
+    qmodel.fit(images, model.predict(images, verbose=0), epochs=2, batch_size=16, verbose=0)
+    plan = export_plan.make_plan(qmodel)
+    assert not np.isclose(plan.output_grids["quant_relu_a"][0], plan.output_grids["quant_relu_b"][0])
+    report = export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=images)
+    assert not report.float_ops and report.ops.count("RELU") <= 2
+    assert report.max_output_difference <= 1.0 + 1e-5, report

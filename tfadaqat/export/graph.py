@@ -159,6 +159,22 @@ def _activation(layer, activation, y, quantized: bool = False):
                      f"allowed: linear, relu, relu6, {', '.join(_ACTIVATION_OPS)}")
 
 
+def _is_plain_relu(layer) -> bool:
+    inner = unwrapped_layer(layer)
+    if isinstance(inner, _layers.ReLU):
+        return not (inner.max_value or inner.negative_slope or inner.threshold)
+    return isinstance(inner, _layers.Activation) and activation_name(inner) == "relu"
+
+
+def _relu_beside_another(layer, plan) -> bool:
+    """Whether `layer` is a plain ReLU whose input also feeds another plain ReLU layer."""
+    if not _is_plain_relu(layer) or len(plan.inputs.get(layer.name, [])) != 1:
+        return False
+    source = plan.inputs[layer.name][0]
+    return any(node.layer.name != layer.name and plan.inputs.get(node.layer.name) == [source]
+               and _is_plain_relu(node.layer) for node in plan.nodes)
+
+
 def _relu_layer(layer, y, quantized: bool):
     if layer.negative_slope or layer.threshold:
         raise ValueError(f"layer {layer.name!r}: a ReLU with negative_slope or threshold has no "
@@ -333,6 +349,14 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
     quantized = layer.name in plan.output_grids
     if name == "channel_affine":
         return _channel_affine(inner, x, plan)
+    if quantized and _relu_beside_another(layer, plan):
+        # Two ReLU layers on one tensor, each with its own grid: the converter merges the two
+        # RELU ops into one, whose one output cannot take both scales, and leaves it in float
+        # (NASNetMobile's cells). Each moves onto its own grid first (a requantization), then
+        # the ReLU runs on that grid: distinct ops, both int8. (A convolution of weight 1,
+        # which rounds as Keras does, is merged with its twin like the RELU.)
+        scale, _, high, _ = plan.output_grids[layer.name]
+        return tf.nn.relu(_int8_fake_quant(x, scale, high))
     if isinstance(inner, _layers.ReLU):
         return _relu_layer(inner, x, quantized)
     if isinstance(inner, _layers.Activation):
