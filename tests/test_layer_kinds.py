@@ -210,13 +210,16 @@ def test_kinds_table_drives_cost():
     assert row.bitops == row.macs * 4 * 4
 
 
-def test_layer_normalization_exports_with_a_representative_dataset(tmp_path):
+def test_layer_normalization_over_other_axes_exports_with_a_representative_dataset(tmp_path):
+    """Over the last axis it becomes an Int8LayerNormalization (tests/test_layer_normalization);
+    over others it stays Keras' own, whose statistics the converter calibrates."""
     inputs = keras.Input((4, 4, 6))
     x = layers.Dense(8, name="expand")(inputs)
-    x = layers.LayerNormalization(name="norm")(x)
+    x = layers.LayerNormalization(axis=[1, 2, 3], name="norm")(x)
     x = layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, layers.Dense(5, name="logits")(x))
     qmodel = tfadaqat.quantize_model(model, "lsq")
+    assert type(qmodel.get_layer("quant_norm").layer) is layers.LayerNormalization
     assert tfadaqat.bit_widths(qmodel)["norm"] == {"output": 8}
     x = _inputs(model)
     qmodel.initialize_quantizers(x)

@@ -13,7 +13,10 @@
    and tanh outputs lie on the fixed grids of TFLite's kernels; shape-only layers (Flatten,
    Reshape, Dropout, padding, cropping, max pooling) keep values on their input's grid and
    need nothing. A Keras layer without a kind stays float and is named in one warning; a
-   custom layer without a kind is an error that says how to register or skip it.
+   custom layer without a kind is an error that says how to register or skip it. A
+   LayerNormalization over the last axis is replaced by an
+   :class:`tfadaqat.layer_normalization.Int8LayerNormalization` with its name and weights,
+   which rounds its intermediates as the exported file's int8 ops do.
 3. **Apply.** TFMOT's ``quantize_apply`` wraps the annotated layers in ``QuantizeWrapperV2``
    with a scheme that adds no layout transform of its own.
 
@@ -40,6 +43,8 @@ from tfadaqat.graph import flatten_annotated_model
 from tfadaqat.keras3 import from_keras3
 from tfadaqat.layer_kinds import (activation_name, is_custom_layer, is_non_negative_activation,
                                   kind_of)
+from tfadaqat.layer_normalization import (Int8LayerNormalization, copy_weights,
+                                          normalizes_last_axis)
 from tfadaqat.layers import ChannelAffine, QuantizationPoint
 from tfadaqat.model import QuantizedModel
 from tfadaqat.tensors import (QuantizedTensor, bit_widths, quantized_tensors,  # noqa: F401
@@ -180,14 +185,23 @@ def quantize_model(model, method: str = "adaqat", *, weight_bits: int = 8,
     if not layer_configs:
         raise ValueError("the model has no layer tfadaqat can quantize")
 
+    replaced_norms = []
+
     def annotate(layer):
         config = layer_configs.get(layer.name)
         if config is None:
             return layer
+        if type(layer) is keras.layers.LayerNormalization and normalizes_last_axis(
+                layer, len(layer.input_shape)):
+            # Its intermediates on the file's int8 grids (tfadaqat.layer_normalization).
+            replaced_norms.append((layer, Int8LayerNormalization.from_layer(layer)))
+            layer = replaced_norms[-1][1]
         return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
 
     with quantize_scope():
         annotated = keras.models.clone_model(flat, clone_function=annotate)
+        for source, replacement in replaced_norms:
+            copy_weights(source, replacement)
         applied = tfmot.quantization.keras.quantize_apply(
             annotated, scheme=_AnnotatedOnlyScheme(), quantized_layer_name_prefix="quant_")
         quantized = _rebuild_from_config(applied)

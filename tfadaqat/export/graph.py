@@ -34,6 +34,7 @@ from tfadaqat._compat import keras, tf, wrapper_output_quantizer, wrapper_weight
 from tfadaqat.export.integers import INT8_WEIGHT_LIMIT, Kernel, stored_kernel
 from tfadaqat.export.plan import ExportPlan, input_grid, is_relu6, make_plan
 from tfadaqat.layer_kinds import activation_name, kind_of
+from tfadaqat.layer_normalization import Int8LayerNormalization
 from tfadaqat.tensors import is_quantized_wrapper, unwrapped_layer
 
 _layers = keras.layers
@@ -365,6 +366,9 @@ def _layer_op(layer, inputs, plan) -> tf.Tensor:
                                 "has no integer kernel here")
         return _activation(inner, inner.activation, x, quantized)
     if name == "layer_norm":
+        if isinstance(inner, Int8LayerNormalization):
+            # Every intermediate carries its own FakeQuant range: the converter takes them.
+            return inner(x, training=False)
         if not plan.calibrated:
             return _float_layer(inner, inputs, plan, "the statistics inside a "
                                 "LayerNormalization need a representative_dataset to be "
