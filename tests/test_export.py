@@ -8,6 +8,7 @@ import pytest
 import tfadaqat
 from tfadaqat import export
 from tfadaqat.export import integers as export_integers
+from tfadaqat.export import convert as export_convert
 from tfadaqat.export import plan as export_plan
 from tfadaqat._compat import keras, tf, tflite_interpreter, tflite_ops, tflite_schema
 
@@ -483,7 +484,6 @@ def test_an_output_step_below_1_256_of_the_sum_still_runs_on_xnnpack(limit, tmp_
     # A depthwise output step far finer than its sum's unit (Xception's last separable
     # convolution after LSQ's initialisation: the file's multiplier was 692): XNNPACK refused
     # the file. With the multiplier set to 255 every output is the same and XNNPACK runs it.
-    from tfadaqat.export import convert as export_convert
     if not limit:
         monkeypatch.setattr(export_convert, "limit_output_multipliers",
                             lambda content: (content, []))
@@ -513,3 +513,23 @@ def test_an_output_step_below_1_256_of_the_sum_still_runs_on_xnnpack(limit, tmp_
     scale = lambda index: details[index]["quantization_parameters"]["scales"]
     multiplier = scale(op["inputs"][0])[0] * scale(op["inputs"][1]) / scale(op["outputs"][0])[0]
     np.testing.assert_allclose(multiplier, 255.0, rtol=1e-5)
+
+
+def test_a_failed_export_leaves_every_weight_bit_identical(tmp_path, monkeypatch):
+    """The export moves biases onto the int32 grid before converting; a failure after that
+    (here in verification) puts every weight back."""
+    qmodel = _trained("lsq", weight_bits=4, activation_bits=4)
+    images, _ = _data(16)
+    before = [w.copy() for w in qmodel.get_weights()]
+
+    def fail(*args, **kwargs):
+        moved = [not np.array_equal(old, new) for old, new in zip(before, qmodel.get_weights())]
+        assert any(moved)  # the alignment did change the model before the failure
+        raise RuntimeError("verification failed")
+
+    monkeypatch.setattr(export_convert, "verify", fail)
+    with pytest.raises(RuntimeError, match="verification failed"):
+        export.export_tflite(qmodel, str(tmp_path / "m.tflite"), verify_with=images)
+    for old, new in zip(before, qmodel.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert os.listdir(tmp_path) == []
