@@ -89,6 +89,7 @@ def validate_config(config, strategy: str = "default") -> None:
     _choice(config, "optimizer", OPTIMIZERS)
     _choice(config, "schedule", SCHEDULES)
     _choice(config, "grid", GRIDS)
+    _choice(config, "export_target", tfadaqat.export.TARGETS)
     _require(strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     _positive(config, "batch_size", "base_batch_size", "epochs", integer=True)
     _positive(config, "float_epochs", "steps_per_epoch", "eval_steps", "warmup_epochs",
@@ -583,8 +584,9 @@ def train_and_evaluate(config, workdir: str, *, strategy: str = "default",
         say(f"[quantized] BatchNormalization statistics re-estimated on {used} training "
             "batches with the trained grids")
     if config.export:  # the model evaluated, saved and exported is the one the file computes
-        say(f"[export] aligned the biases of {tfadaqat.align_biases(qmodel)} layers with "
-            "TFLite's int32 bias grid")
+        storage = tfadaqat.export.TARGETS[config.export_target][0]
+        aligned = tfadaqat.align_biases(qmodel, storage)
+        say(f"[export] aligned the biases of {aligned} layers with TFLite's int32 bias grid")
     accuracy = float(qmodel.evaluate(run.eval_data(), verbose=0)[1])
     return _write_results(run, qmodel, accuracy, float_accuracy, started)
 
@@ -610,6 +612,7 @@ def _write_results(run: _Run, qmodel, accuracy: float, float_accuracy, started: 
         if config.export:
             artifacts["tflite"] = run.path("model.tflite")
             report = tfadaqat.export_tflite(qmodel, artifacts["tflite"], align=False,
+                                            target=config.export_target,
                                             verify_with=_verification_images(run),
                                             progress=lambda m: run.say(f"[export] {m}"))
             export = dataclasses.asdict(report)
@@ -619,6 +622,11 @@ def _write_results(run: _Run, qmodel, accuracy: float, float_accuracy, started: 
             print(f"export: {report.file_bytes:,} bytes; top-1 agreement with Keras "
                   f"{report.top1_agreement:.2%} on {report.examples} test examples, outputs "
                   f"within {report.max_output_difference:.0f} quantization steps", file=text)
+            other = "tflm" if config.export_target == "litert" else "litert"
+            storage = tfadaqat.export.TARGETS[config.export_target][0]
+            print(f"export target: {report.target} ({storage} kernels, verified on "
+                  f"{', '.join(report.runtimes)}; --config.export_target={other} for "
+                  f"{'TensorFlow Lite Micro' if other == 'tflm' else 'LiteRT'})", file=text)
         artifacts["summary"] = run.path("summary.txt")
         _write_atomically(artifacts["summary"], text.getvalue())
         artifacts["summary_json"] = run.path("summary.json")

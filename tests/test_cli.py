@@ -13,7 +13,7 @@ from tfadaqat._compat import keras
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRESS = ("loading ", "aligned the biases", "building the integer graph",
             "converting with the TFLite converter", "checking that every kernel is integer",
-            "writing ", "file ", "  ")
+            "writing ", "target litert; file ", "  ")
 
 
 def _cli(*arguments, cwd):

@@ -219,6 +219,30 @@ def test_int4_storage_leaves_wider_kernels_in_int8(tmp_path):
     assert not os.path.exists(tmp_path / "n.tflite")
 
 
+def test_target_sets_weight_storage_and_runtimes_where_not_given(tmp_path):
+    qmodel = _trained("lsq", weight_bits=4, activation_bits=6)
+    images, _ = _data(16, seed=5)
+    litert = export.export_tflite(qmodel, str(tmp_path / "litert.tflite"), verify_with=images)
+    assert (litert.target, list(litert.runtimes)) == ("litert", ["xnnpack"])
+    assert litert.packing.startswith("not packed: int8")
+    tflm = export.export_tflite(qmodel, str(tmp_path / "tflm.tflite"), verify_with=images,
+                                target="tflm")
+    kernels = len(tflm.layers)
+    assert (tflm.target, list(tflm.runtimes)) == ("tflm", ["tflm"])
+    assert tflm.packing == f"int4: {kernels} of {kernels} kernels packed, two values per byte"
+    assert tflm.file_bytes < litert.file_bytes
+    # What is given explicitly wins over the target's defaults.
+    both = export.export_tflite(qmodel, str(tmp_path / "both.tflite"), verify_with=images,
+                                target="tflm", weight_storage="int8",
+                                runtimes=("xnnpack", "tflm"))
+    assert both.packing.startswith("not packed") and list(both.runtimes) == ["xnnpack", "tflm"]
+    assert both.file_bytes == litert.file_bytes
+    with pytest.raises(ValueError, match="target must be one of \\('litert', 'tflm'\\), "
+                                         "got 'edgetpu'"):
+        export.export_tflite(qmodel, str(tmp_path / "n.tflite"), target="edgetpu")
+    assert not os.path.exists(tmp_path / "n.tflite")
+
+
 def test_relu6_cap_below_the_grid_top_is_exported_exactly(tmp_path):
     # 4-bit unsigned grid of step 0.75 reaches 15 x 0.75 = 11.25; ReLU6 caps at 6, i.e. at the
     # integer round(6 / 0.75) = 8. Keras: round(min(y, 6) / s); the file: its clamped grid.

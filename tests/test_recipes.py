@@ -270,6 +270,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path):
     ("dataset", "mnist", "config.dataset must be one of"),
     ("method", "hawq", "config.method must be one of"),
     ("schedule", "linear", "config.schedule must be one of"),
+    ("export_target", "edgetpu", "config.export_target must be one of \\('litert', 'tflm'\\)"),
     ("batch_size", 0, "config.batch_size must be a positive integer"),
 ])
 def test_bad_config_fields_are_named(field, value, message):

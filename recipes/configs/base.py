@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_steps = 0
     config.keep_checkpoints = 3
     config.export = True
+    # Where the exported file runs (tfadaqat.export.TARGETS): "litert" (LiteRT/XNNPACK: int8
+    # kernels, which XNNPACK runs fastest) or "tflm" (TensorFlow Lite Micro: kernels of <= 4
+    # bits packed as int4, a smaller file at the same speed there).
+    config.export_target = "litert"
     config.verify_examples = 1000
     # After quantization-aware training: BatchNormalization statistics re-estimated with the
     # trained grids on this many training batches (tfadaqat.reestimate_batch_norm; 0 = off).

@@ -27,13 +27,13 @@ tried).
 
 from tfadaqat.export.biases import align_biases
 from tfadaqat.export.cli import main
-from tfadaqat.export.convert import export_tflite
+from tfadaqat.export.convert import TARGETS, export_tflite
 from tfadaqat.export.integers import channel_affine_parameters
 from tfadaqat.export.graph import integer_function
 from tfadaqat.export.plan import WEIGHT_STORAGES
 from tfadaqat.export.report import ExportReport, LayerExport
 from tfadaqat.export.verification import INTEGER_KERNELS, output_agreement
 
-__all__ = ["ExportReport", "INTEGER_KERNELS", "LayerExport", "WEIGHT_STORAGES", "align_biases",
-           "channel_affine_parameters", "export_tflite", "integer_function", "main",
+__all__ = ["ExportReport", "INTEGER_KERNELS", "LayerExport", "TARGETS", "WEIGHT_STORAGES",
+           "align_biases", "channel_affine_parameters", "export_tflite", "integer_function", "main",
            "output_agreement"]

@@ -8,7 +8,7 @@ import argparse
 import numpy as np
 
 from tfadaqat._compat import tf
-from tfadaqat.export.convert import export_tflite
+from tfadaqat.export.convert import TARGETS, export_tflite
 from tfadaqat.export.plan import WEIGHT_STORAGES
 from tfadaqat.quantize import load_model
 from tfadaqat.runtimes import RUNTIMES, validate_runtimes
@@ -33,16 +33,21 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
     parser.add_argument("--model", required=True, help="a .keras file saved from tfadaqat")
     parser.add_argument("--out", required=True, help="the .tflite file to write")
     parser.add_argument("--int8-io", action="store_true", help="int8 input and output")
-    parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default="int8",
-                        help="int4 packs kernels of <= 4 bits (smaller, slower with XNNPACK)")
+    parser.add_argument("--target", choices=tuple(TARGETS), default="litert",
+                        help="where the file runs: litert (LiteRT/XNNPACK: int8 kernels, "
+                             "verified on xnnpack) or tflm (TensorFlow Lite Micro: kernels "
+                             "of <= 4 bits packed as int4, verified on tflm)")
+    parser.add_argument("--weight-storage", choices=WEIGHT_STORAGES, default=None,
+                        help="int4 packs kernels of <= 4 bits (smaller, slower with XNNPACK); "
+                             "default: the target's")
     parser.add_argument("--verify-digits", action="store_true",
                         help="compare with Keras on scikit-learn's digits (resized)")
-    parser.add_argument("--runtimes", default="xnnpack",
+    parser.add_argument("--runtimes", default=None,
                         help=f"comma-separated runtimes to verify on, among "
-                             f"{','.join(RUNTIMES)} (default xnnpack)")
+                             f"{','.join(RUNTIMES)} (default: the target's)")
     args = parser.parse_args(argv)
-    runtimes = validate_runtimes([name.strip() for name in args.runtimes.split(",")
-                                  if name.strip()])
+    runtimes = None if args.runtimes is None else validate_runtimes(
+        [name.strip() for name in args.runtimes.split(",") if name.strip()])
     print(f"loading {args.model}", flush=True)
     try:
         model = load_model(args.model)
@@ -52,10 +57,11 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
     io_type = tf.int8 if args.int8_io else tf.float32
     verify = _digits_like(model) if args.verify_digits else None
     report = export_tflite(model, args.out, input_type=io_type, output_type=io_type,
-                           verify_with=verify, runtimes=runtimes,
+                           verify_with=verify, target=args.target, runtimes=runtimes,
                            weight_storage=args.weight_storage,
                            progress=lambda m: print(m, flush=True))
-    print(f"file {report.file_bytes:,} bytes; float32 {report.float32_bytes:,}; packed "
+    print(f"target {report.target}; file {report.file_bytes:,} bytes; float32 "
+          f"{report.float32_bytes:,}; packed "
           f"{report.packed_bytes:,.0f}; {report.packing}")
     for row in report.layers:
         print(f"  {row.layer}: {row.bits} bits, {row.distinct_values} distinct of "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,10 +22,22 @@ from tfadaqat.export.verification import check_integer_kernels, stored_weights, 
 from tfadaqat.runtimes import validate_runtimes
 
 
+#: Where a file is deployed, and what that sets when not given: how kernels are stored and the
+#: runtimes a ``verify_with`` set runs on. LiteRT on phones and PCs runs XNNPACK, which runs
+#: int4 filters about 4x slower than int8 ones (``bench/int4_packing.py``), so int8; TensorFlow
+#: Lite Micro runs int4-packed files as fast as int8 ones (1.01-1.06x in ``bench/deploy.py``)
+#: in less flash (0.57x the file for ResNet20), though it unpacks them into RAM.
+TARGETS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "litert": ("int8", ("xnnpack",)),
+    "tflm": ("int4", ("tflm",)),
+}
+
+
 def export_tflite(model, path: str, *, representative_dataset=None,
                   input_type=tf.float32, output_type=tf.float32,
-                  verify_with=None, runtimes=("xnnpack",), align: bool = True,
-                  weight_storage: str = "int8", allow_float_ops: bool = False,
+                  verify_with=None, target: str = "litert",
+                  runtimes: Optional[Sequence[str]] = None, align: bool = True,
+                  weight_storage: Optional[str] = None, allow_float_ops: bool = False,
                   progress: Optional[Callable[[str], Any]] = None) -> ExportReport:
     """Writes `model` as a TFLite file with int8 kernels at its learned bit-widths.
 
@@ -39,9 +51,14 @@ def export_tflite(model, path: str, *, representative_dataset=None,
       output_type: ``tf.float32`` (dequantize inside the file) or ``tf.int8``.
       verify_with: Optional examples (array or dataset, as above) run through the file and the
         Keras model in inference mode; the report then holds their agreement.
+      target: Where the file will run, one of :data:`TARGETS`: "litert" (LiteRT with
+        XNNPACK, phones and PCs) or "tflm" (TensorFlow Lite Micro, microcontrollers). It
+        sets `weight_storage` ("int8" / "int4") and `runtimes` (("xnnpack",) / ("tflm",))
+        where those are not given.
       runtimes: The runtimes `verify_with` runs the file on (:mod:`tfadaqat.runtimes`):
         "xnnpack" (LiteRT's default), "builtin" (TFLite's reference kernels), "tflm"
         (TensorFlow Lite Micro, package ``tflite-micro``). Checked before anything is done.
+        None: the `target`'s.
       align: First move the model's biases onto TFLite's int32 bias grid, in place
         (:func:`align_biases`), so that file and model compute the same thing. False leaves
         the model untouched, and the file then rounds each bias on its own.
@@ -49,7 +66,7 @@ def export_tflite(model, path: str, *, representative_dataset=None,
         kernels whose learned grid fits in [-8, 7] (4 bits or fewer, except the DoReFa paper
         grid at 4 bits) are stored packed, two values per byte, for a smaller file. LiteRT
         runs them; XNNPACK does not accelerate int4 filters (measured 4.2x slower than int8 on
-        ResNet20 by ``bench/int4_packing.py``).
+        ResNet20 by ``bench/int4_packing.py``). None: the `target`'s.
       allow_float_ops: Write a hybrid file when a layer has no integer kernel (or was left
         in float): it runs in float between DEQUANTIZE and QUANTIZE ops, and the report's
         ``float_ops`` lists every such op. False (the default) raises instead.
@@ -72,7 +89,11 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise OSError(f"cannot write {path!r}: folder {folder!r} is missing or not writable")
     say = progress or (lambda message: None)
-    runtimes = validate_runtimes(runtimes)
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {tuple(TARGETS)}, got {target!r}")
+    default_storage, default_runtimes = TARGETS[target]
+    weight_storage = default_storage if weight_storage is None else weight_storage
+    runtimes = validate_runtimes(default_runtimes if runtimes is None else runtimes)
     if weight_storage not in WEIGHT_STORAGES:
         raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got "
                          f"{weight_storage!r}")
@@ -85,9 +106,11 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     original_weights = model.get_weights() if align else None
     original_constants = offset_constants(model) if align else None
     try:
-        return _export(model, path, folder, say, representative_dataset, input_type,
-                       output_type, verify_with, runtimes, align, weight_storage,
-                       allow_float_ops)
+        report = _export(model, path, folder, say, representative_dataset, input_type,
+                         output_type, verify_with, runtimes, align, weight_storage,
+                         allow_float_ops)
+        report.target = target
+        return report
     except BaseException:
         if original_weights is not None:  # alignment moved biases: put them back
             model.set_weights(original_weights)

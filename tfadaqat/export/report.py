@@ -24,6 +24,7 @@ class ExportReport:
 
     Attributes:
       path: The file written.
+      target: Where it is meant to run (``export_tflite``'s `target`: "litert" or "tflm").
       file_bytes: Its size.
       float32_bytes: The model's parameters stored as float32.
       packed_bytes: ``sum(params x bits) / 8`` over kernels, plus int32 biases: what a file
@@ -68,3 +69,4 @@ class ExportReport:
     output_step: Optional[float] = None
     float_ops: List[str] = dataclasses.field(default_factory=list)
     tflm_arena: Dict[str, int] = dataclasses.field(default_factory=dict)
+    target: str = "litert"
