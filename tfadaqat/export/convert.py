@@ -106,11 +106,9 @@ def export_tflite(model, path: str, *, representative_dataset=None,
     original_weights = model.get_weights() if align else None
     original_constants = offset_constants(model) if align else None
     try:
-        report = _export(model, path, folder, say, representative_dataset, input_type,
-                         output_type, verify_with, runtimes, align, weight_storage,
-                         allow_float_ops)
-        report.target = target
-        return report
+        return _export(model, path, folder, say, representative_dataset, input_type,
+                       output_type, verify_with, target, runtimes, align, weight_storage,
+                       allow_float_ops)
     except BaseException:
         if original_weights is not None:  # alignment moved biases: put them back
             model.set_weights(original_weights)
@@ -119,7 +117,8 @@ def export_tflite(model, path: str, *, representative_dataset=None,
 
 
 def _export(model, path, folder, say, representative_dataset, input_type, output_type,
-            verify_with, runtimes, align, weight_storage, allow_float_ops) -> ExportReport:
+            verify_with, target, runtimes, align, weight_storage,
+            allow_float_ops) -> ExportReport:
     calibrated = representative_dataset is not None
     if align:
         say(f"aligned the biases of {align_biases(model, weight_storage)} layers with the "
@@ -157,7 +156,8 @@ def _export(model, path, folder, say, representative_dataset, input_type, output
     interpreter.allocate_tensors()
     say("checking that every kernel is integer")
     ops, float_ops = check_integer_kernels(interpreter, allow_float_ops)
-    report = ExportReport(path=path, file_bytes=len(content), ops=ops, packing=packing,
+    report = ExportReport(path=path, target=target, file_bytes=len(content), ops=ops,
+                          packing=packing,
                           layers=stored_weights(plan, interpreter), float_ops=float_ops,
                           **_sizes(model))
     if verify_with is not None:
