@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e ".[test,demo,export,recipes]"
+	$(VENV)/bin/python -m tfadaqat.fused_kernels
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,7 +9,10 @@ each row is timed a few steps at a time, round after round, and the median round
 Prints images per second and the ratio of each step time to the float one, in wall time and
 in process CPU time (the machine is shared; CPU time is what other jobs disturb least).
 The row "lsq, no NaN guard" is LSQ compiled with ``skip_non_finite_steps=False``: beside
-the LSQ row it prices the copy of every variable that lets a non-finite step be undone.
+the LSQ row it prices the copy of every variable that lets a non-finite step be undone. The row
+"lsq, TensorFlow ops" is LSQ traced without the fused quantizer kernels
+(:mod:`tfadaqat.fused_kernels`): beside the LSQ row it prices what the kernels save. The table's
+first line says whether the kernels were in use.
 
 Scheduling: with TensorFlow's default two inter-op threads on this 2-core machine, identical
 copies of one quantized model were measured persistently 1.2x to 1.7x float, depending on how
@@ -23,7 +26,9 @@ of FakeQuant forward and gradient kernels on ~20 activation tensors, ~12 ms of s
 the weight quantizers, and ~16 ms because oneDNN convolutions run slower when their filter is
 a computed tensor rather than a variable read; LSQ and DQ add the passes of their exact step
 gradient (``sum(g (Q - x)) / d``). A per-step ``tf.cond`` for lazy initialisation cost another
-~70 ms and was removed (see tfadaqat/model.py).
+~70 ms and was removed (see tfadaqat/model.py). LSQ's and DQ's element-wise forward (weights,
+signed activations: five to six ops) and their backward (four passes) each take one pass in
+the fused kernels.
 
 The AdaQAT probe is one more forward pass of the quantized model in training mode (the
 authors' finite difference on the same batch and weights). Measured alone it takes ~50 ms
@@ -42,6 +47,7 @@ Run from the repository root:  python -m bench.step_time [--rounds 25 --steps 2]
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import time
@@ -49,6 +55,7 @@ import time
 from absl import app, flags
 
 import tfadaqat
+from tfadaqat import fused_kernels
 from tfadaqat._compat import keras, tf, tfmot
 from bench.verdicts import print_verdicts
 from models import resnet20
@@ -66,6 +73,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("bits", 4, "Weight and activation bits of the tfadaqat models.")
     flags.DEFINE_integer("inter_op_threads", 1,
                          "TensorFlow inter-op threads (0: TF's default).")
+
+
+#: LSQ traced with TensorFlow ops instead of the fused kernels: what the kernels save.
+TENSORFLOW_OP_ROW = "tfadaqat lsq, TensorFlow ops"
 
 
 def _compiled(model, **options):
@@ -91,6 +102,10 @@ def build_rows(batch_size: int, methods, bits: int):
         qmodel = tfadaqat.quantize_model(float_model, method, weight_bits=bits,
                                          activation_bits=bits, adaqat_rule=None)
         rows.append((f"tfadaqat {method} ({bits}-bit start)", _compiled(qmodel)))
+    if "lsq" in methods:  # what the fused gradient kernel (tfadaqat.fused_kernels) saves
+        qmodel = tfadaqat.quantize_model(float_model, "lsq", weight_bits=bits,
+                                         activation_bits=bits)
+        rows.append((TENSORFLOW_OP_ROW, _compiled(qmodel)))
     if "lsq" in methods:  # what the non-finite step guard (tfadaqat.non_finite) costs
         qmodel = tfadaqat.quantize_model(float_model, "lsq", weight_bits=bits,
                                          activation_bits=bits)
@@ -108,9 +123,11 @@ def time_rows(rows, batch_size: int, steps: int, rounds: int):
     over `rounds`."""
     images = tf.random.stateless_uniform((batch_size, 32, 32, 3), seed=(1, 2))
     labels = tf.random.stateless_uniform((batch_size,), seed=(3, 4), maxval=10, dtype=tf.int32)
-    for _, model in rows:  # warm-up: tracing and first-call initialisation
-        for _ in range(2):
-            model.train_on_batch(images, labels)
+    for name, model in rows:  # warm-up: tracing and first-call initialisation
+        with (fused_kernels.fused_kernels_disabled() if name == TENSORFLOW_OP_ROW
+              else contextlib.nullcontext()):
+            for _ in range(2):
+                model.train_on_batch(images, labels)
     walls = {name: [] for name, _ in rows}
     cpus = {name: [] for name, _ in rows}
     for round_index in range(rounds):
@@ -147,7 +164,8 @@ def check_targets(medians):
     checks = []
     tfmot_cpu = cpu["tfmot default 8-bit"]
     for name, seconds in cpu.items():
-        if name.startswith("tfadaqat") and "probe" not in name and "no NaN guard" not in name:
+        if (name.startswith("tfadaqat") and "probe" not in name and "no NaN guard" not in name
+                and name != TENSORFLOW_OP_ROW):
             ratio = seconds / tfmot_cpu
             checks.append((f"{name}: {ratio:.2f}x TFMOT's CPU time per step <= "
                            f"{PLAIN_STEP_VS_TFMOT:.2f}", ratio <= PLAIN_STEP_VS_TFMOT))
@@ -168,6 +186,9 @@ def main(argv):
     print(f"ResNet20, 32x32x3, batch {FLAGS.batch_size}, inter-op threads "
           f"{FLAGS.inter_op_threads or 'default'}, median of {FLAGS.rounds} rounds x "
           f"{FLAGS.steps} steps")
+    reason = fused_kernels.unavailable_reason()
+    print("fused quantizer-gradient kernel: " + ("in use" if reason is None else
+                                                 f"NOT in use ({reason})"))
     print(format_table(medians, FLAGS.batch_size))
     return print_verdicts(check_targets(medians))
 

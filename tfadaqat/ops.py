@@ -9,7 +9,9 @@ Rounding is *round half up*, ``floor(v + 1/2)``, everywhere: it is what TensorFl
 ``FakeQuantWithMinMaxVars`` kernel does, and the fused kernel is what keeps a quantized
 training step close to the cost of a float one (one element-wise pass instead of four).
 Large activation tensors take the fused path; weight tensors, which are small, take
-element-wise formulas that put values exactly on ``k * step``.
+element-wise formulas that put values exactly on ``k * step``. LSQ's and DQ's backward pass
+(input gradient, step and range gradients) runs in one pass too, in the kernel of
+:mod:`tfadaqat.fused_kernels` (TensorFlow ops where it cannot be built, same results).
 
 Integer grids. A *signed* tensor of ``b`` bits uses the symmetric, narrow grid
 ``k in [-(2^(b-1) - 1), 2^(b-1) - 1]`` (``2^b - 1`` values, zero point 0, as TFLite's int8
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
+from tfadaqat import fused_kernels
 from tfadaqat._compat import tf
 
 Bits = Union[int, tf.Tensor]
@@ -249,30 +252,17 @@ def lsq_quantize(x: tf.Tensor, step: tf.Tensor, bits: int, *, signed: bool,
         if fused:
             y = fused_fake_quantize(x, low, high, bits, narrow_range=narrow)
         else:
-            y = step * tf.clip_by_value(round_half_up(x / step), low_int, high_int)
+            y = fused_kernels.grid_quantize(x, step, integer_low=low_int, integer_high=high_int)
 
         def gradient(upstream):
-            inside, below, above = _masked_gradient(upstream, x, low, high, fused)
-            step_gradient = (tf.reduce_sum(inside * (y - x)) / step
-                             + low_int * below + high_int * above)
+            inside, error_sum, below, above = fused_kernels.quantizer_gradient(
+                upstream, x, y, low, high, nudge=fused)
+            step_gradient = error_sum / step + low_int * below + high_int * above
             return inside, step_gradient * gradient_scale
 
         return y, gradient
 
     return quantize(x, step)
-
-
-def _masked_gradient(upstream, x, low, high, fused: bool):
-    """Splits `upstream` into (inside the range, sum below, sum above)."""
-    if fused:
-        return tf.quantization.fake_quant_with_min_max_vars_gradient(
-            upstream, x, low, high, num_bits=8)
-    inside_mask = tf.logical_and(x >= low, x <= high)
-    zeros = tf.zeros_like(upstream)
-    inside = tf.where(inside_mask, upstream, zeros)
-    below = tf.reduce_sum(tf.where(x < low, upstream, zeros))
-    above = tf.reduce_sum(tf.where(x > high, upstream, zeros))
-    return inside, below, above
 
 
 def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool,
@@ -313,11 +303,12 @@ def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool
             y = tf.quantization.fake_quant_with_min_max_vars(
                 tf.minimum(x, q_max), tf.zeros_like(step), step * 65535.0, num_bits=16)
         else:
-            y = step * round_half_up(tf.clip_by_value(x, low, q_max) / step)
+            y = fused_kernels.grid_quantize(x, step, clip_low=low, clip_high=q_max)
 
         def gradient(upstream):
-            inside, below, above = _masked_gradient(upstream, x, low, q_max, use_fused)
-            step_gradient = tf.reduce_sum(inside * (y - x)) / step
+            inside, error_sum, below, above = fused_kernels.quantizer_gradient(
+                upstream, x, y, low, q_max, nudge=use_fused)
+            step_gradient = error_sum / step
             q_max_gradient = above - below if signed else above
             return inside, step_gradient, q_max_gradient
 

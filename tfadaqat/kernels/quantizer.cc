@@ -1,0 +1,259 @@
+// One pass over a tensor for each direction of a learned-step quantizer (LSQ's and DQ's).
+//
+// TfadaqatGridQuantize(inputs x, step s, clip_low, clip_high, integer_low, integer_high) returns
+//   q = s * min(max(floor(min(max(x, clip_low), clip_high) / s + 1/2), integer_low), integer_high)
+// with the float operations of the TensorFlow-op formula in tfadaqat/ops.py, in the same order
+// (built with -ffp-contract=off), so both give the same bits. LSQ clamps the integer (clip bounds
+// infinite), DQ clamps x (integer bounds infinite).
+//
+// TfadaqatQuantizerGradient(upstream g, inputs x, outputs q, low, high) returns
+//   input_gradient      g where low <= x <= high, else 0          (straight-through estimator)
+//   inside_error_sum    sum of g * (q - x) where low <= x <= high (LSQ's and DQ's step gradient,
+//                                                                  times the step)
+//   below_sum           sum of g where x < low
+//   above_sum           sum of g where x > high
+// With nudge = true, low and high are first moved the way TensorFlow's FakeQuantWithMinMaxVars
+// moves them (so that zero lies on the grid of num_bits bits, narrow_range or not), which makes
+// the mask the one of FakeQuantWithMinMaxVarsGradient. The pure-TensorFlow path computes the same
+// with four passes over the tensor (tfadaqat/ops.py); this kernel reads g, x and q once.
+//
+// Sums are accumulated in double over fixed blocks of the flattened tensor and the block sums
+// are added in block order, so the result does not depend on the number of threads.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+
+namespace tfadaqat {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+constexpr int64_t kBlockSize = 1 << 15;
+constexpr int64_t kRun = 1024;
+constexpr int kLanes = 16;
+
+// TensorFlow's nudging of a [low, high] range onto a grid of quant_min..quant_max that holds zero.
+void NudgedRange(float low, float high, int quant_min, int quant_max, float* nudged_low,
+                 float* nudged_high) {
+  const float quant_min_float = static_cast<float>(quant_min);
+  const float quant_max_float = static_cast<float>(quant_max);
+  const float scale = (high - low) / (quant_max_float - quant_min_float);
+  const float zero_point_from_low = quant_min_float - low / scale;
+  float zero_point;
+  if (zero_point_from_low < quant_min_float) {
+    zero_point = quant_min_float;
+  } else if (zero_point_from_low > quant_max_float) {
+    zero_point = quant_max_float;
+  } else {
+    zero_point = static_cast<float>(static_cast<uint16_t>(std::round(zero_point_from_low)));
+  }
+  *nudged_low = (quant_min_float - zero_point) * scale;
+  *nudged_high = (quant_max_float - zero_point) * scale;
+}
+
+struct BlockSums {
+  double inside_error = 0.0;
+  double below = 0.0;
+  double above = 0.0;
+};
+
+class QuantizerGradientOp : public OpKernel {
+ public:
+  explicit QuantizerGradientOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("num_bits", &num_bits_));
+    OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range_));
+    OP_REQUIRES_OK(context, context->GetAttr("nudge", &nudge_));
+    OP_REQUIRES(context, num_bits_ >= 2 && num_bits_ <= 16,
+                ::tensorflow::errors::InvalidArgument("num_bits must be in [2, 16], got ",
+                                                      num_bits_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& upstream = context->input(0);
+    const Tensor& inputs = context->input(1);
+    const Tensor& outputs = context->input(2);
+    const Tensor& low_tensor = context->input(3);
+    const Tensor& high_tensor = context->input(4);
+    OP_REQUIRES(context, upstream.shape() == inputs.shape() && inputs.shape() == outputs.shape(),
+                ::tensorflow::errors::InvalidArgument(
+                    "upstream, inputs and outputs must have one shape, got ",
+                    upstream.shape().DebugString(), ", ", inputs.shape().DebugString(), ", ",
+                    outputs.shape().DebugString()));
+    OP_REQUIRES(context, low_tensor.NumElements() == 1 && high_tensor.NumElements() == 1,
+                ::tensorflow::errors::InvalidArgument("low and high must be scalars"));
+    float low = low_tensor.flat<float>()(0);
+    float high = high_tensor.flat<float>()(0);
+    if (nudge_) {
+      const int quant_min = narrow_range_ ? 1 : 0;
+      const int quant_max = (1 << num_bits_) - 1;
+      NudgedRange(low, high, quant_min, quant_max, &low, &high);
+    }
+
+    Tensor* input_gradient = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, inputs.shape(), &input_gradient));
+    Tensor* inside_error_sum = nullptr;
+    Tensor* below_sum = nullptr;
+    Tensor* above_sum = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({}), &inside_error_sum));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({}), &below_sum));
+    OP_REQUIRES_OK(context, context->allocate_output(3, TensorShape({}), &above_sum));
+
+    const float* __restrict__ g = upstream.flat<float>().data();
+    const float* __restrict__ x = inputs.flat<float>().data();
+    const float* __restrict__ q = outputs.flat<float>().data();
+    float* __restrict__ dx = input_gradient->flat<float>().data();
+    const int64_t size = inputs.NumElements();
+    const int64_t blocks = (size + kBlockSize - 1) / kBlockSize;
+    std::vector<BlockSums> sums(static_cast<size_t>(blocks));
+
+    auto work = [&](int64_t first_block, int64_t end_block) {
+      for (int64_t block = first_block; block < end_block; ++block) {
+        const int64_t begin = block * kBlockSize;
+        const int64_t end = std::min(size, begin + kBlockSize);
+        // kLanes independent float accumulators per sum (a form the compiler vectorizes),
+        // added into double after each run of kRun elements.
+        double inside_error = 0.0, below = 0.0, above = 0.0;
+        for (int64_t run = begin; run < end; run += kRun) {
+          const int64_t run_end = std::min(end, run + kRun);
+          float lane_error[kLanes] = {}, lane_below[kLanes] = {}, lane_above[kLanes] = {};
+          int64_t i = run;
+          for (; i + kLanes <= run_end; i += kLanes) {
+            for (int lane = 0; lane < kLanes; ++lane) {
+              const float value = x[i + lane];
+              const float gradient = g[i + lane];
+              const float inside = (value >= low && value <= high) ? gradient : 0.0f;
+              dx[i + lane] = inside;
+              lane_error[lane] += inside * (q[i + lane] - value);
+              lane_below[lane] += value < low ? gradient : 0.0f;
+              lane_above[lane] += value > high ? gradient : 0.0f;
+            }
+          }
+          for (; i < run_end; ++i) {  // the tail, shorter than kLanes
+            const float value = x[i];
+            const float gradient = g[i];
+            const float inside = (value >= low && value <= high) ? gradient : 0.0f;
+            dx[i] = inside;
+            lane_error[0] += inside * (q[i] - value);
+            lane_below[0] += value < low ? gradient : 0.0f;
+            lane_above[0] += value > high ? gradient : 0.0f;
+          }
+          for (int lane = 0; lane < kLanes; ++lane) {
+            inside_error += lane_error[lane];
+            below += lane_below[lane];
+            above += lane_above[lane];
+          }
+        }
+        sums[static_cast<size_t>(block)] = BlockSums{inside_error, below, above};
+      }
+    };
+    auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
+    workers->ParallelFor(blocks, /*cost_per_unit=*/kBlockSize * 8, work);
+
+    BlockSums total;
+    for (const BlockSums& block : sums) {
+      total.inside_error += block.inside_error;
+      total.below += block.below;
+      total.above += block.above;
+    }
+    inside_error_sum->scalar<float>()() = static_cast<float>(total.inside_error);
+    below_sum->scalar<float>()() = static_cast<float>(total.below);
+    above_sum->scalar<float>()() = static_cast<float>(total.above);
+  }
+
+ private:
+  int num_bits_;
+  bool narrow_range_;
+  bool nudge_;
+};
+
+
+class GridQuantizeOp : public OpKernel {
+ public:
+  explicit GridQuantizeOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& inputs = context->input(0);
+    for (int index = 1; index <= 5; ++index) {
+      OP_REQUIRES(context, context->input(index).NumElements() == 1,
+                  ::tensorflow::errors::InvalidArgument(
+                      "step, clip_low, clip_high, integer_low and integer_high must be "
+                      "scalars; input ", index, " has shape ",
+                      context->input(index).shape().DebugString()));
+    }
+    const float step = context->input(1).flat<float>()(0);
+    const float clip_low = context->input(2).flat<float>()(0);
+    const float clip_high = context->input(3).flat<float>()(0);
+    const float integer_low = context->input(4).flat<float>()(0);
+    const float integer_high = context->input(5).flat<float>()(0);
+    Tensor* outputs = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, inputs.shape(), &outputs));
+    const float* __restrict__ x = inputs.flat<float>().data();
+    float* __restrict__ q = outputs->flat<float>().data();
+    const int64_t size = inputs.NumElements();
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        // min then max, as tf.clip_by_value does.
+        const float clipped = std::max(std::min(x[i], clip_high), clip_low);
+        const float rounded = std::floor(clipped / step + 0.5f);
+        q[i] = step * std::max(std::min(rounded, integer_high), integer_low);
+      }
+    };
+    auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
+    workers->ParallelFor(size, /*cost_per_unit=*/8, work);
+  }
+};
+
+}  // namespace
+
+REGISTER_OP("TfadaqatGridQuantize")
+    .Input("inputs: float")
+    .Input("step: float")
+    .Input("clip_low: float")
+    .Input("clip_high: float")
+    .Input("integer_low: float")
+    .Input("integer_high: float")
+    .Output("outputs: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      context->set_output(0, context->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("TfadaqatGridQuantize").Device(::tensorflow::DEVICE_CPU),
+                        GridQuantizeOp);
+
+REGISTER_OP("TfadaqatQuantizerGradient")
+    .Input("upstream: float")
+    .Input("inputs: float")
+    .Input("outputs: float")
+    .Input("low: float")
+    .Input("high: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Attr("nudge: bool = true")
+    .Output("input_gradient: float")
+    .Output("inside_error_sum: float")
+    .Output("below_sum: float")
+    .Output("above_sum: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      context->set_output(0, context->input(1));
+      context->set_output(1, context->Scalar());
+      context->set_output(2, context->Scalar());
+      context->set_output(3, context->Scalar());
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("TfadaqatQuantizerGradient").Device(::tensorflow::DEVICE_CPU),
+                        QuantizerGradientOp);
+
+}  // namespace tfadaqat
