@@ -188,7 +188,7 @@ def test_training_with_and_without_kernels_ends_at_the_same_weights(method,
     assert [name for name, _ in kernels] == [name for name, _ in reference]
     assert any("step" in name for name, _ in kernels)
     for (name, value), (_, reference_value) in zip(kernels, reference):
-        np.testing.assert_allclose(value, reference_value, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(value, reference_value, rtol=1e-3, atol=1e-5, err_msg=name)
     # Training moved the weights (the comparison is not of initial values).
     trained = [value for name, value in kernels if name == "kernel:0"]
     initial = [w.numpy() for w in float_model.weights if w.name.endswith("/kernel:0")]

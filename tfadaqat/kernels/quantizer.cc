@@ -41,7 +41,6 @@ using ::tensorflow::TensorShape;
 
 constexpr int64_t kBlockSize = 1 << 15;
 constexpr int64_t kRun = 1024;
-constexpr int kLanes = 16;
 
 // TensorFlow's nudging of a [low, high] range onto a grid of quant_min..quant_max that holds zero.
 void NudgedRange(float low, float high, int quant_min, int quant_max, float* nudged_low,
@@ -67,6 +66,33 @@ struct BlockSums {
   double below = 0.0;
   double above = 0.0;
 };
+
+// The backward pass over [begin, end): writes dx and returns the three sums, each added in float
+// over runs of kRun elements (vectorized: OpenMP simd reductions) and the runs in double.
+BlockSums QuantizerGradientRange(const float* __restrict__ g, const float* __restrict__ x,
+                                 const float* __restrict__ q, float* __restrict__ dx,
+                                 int64_t begin, int64_t end, float low, float high) {
+  BlockSums sums;
+  for (int64_t run = begin; run < end; run += kRun) {
+    const int64_t run_end = std::min(end, run + kRun);
+    float run_error = 0.0f, run_below = 0.0f, run_above = 0.0f;
+#pragma omp simd reduction(+ : run_error, run_below, run_above)
+    for (int64_t i = run; i < run_end; ++i) {
+      const float value = x[i];
+      const float gradient = g[i];
+      const bool is_inside = (value >= low) & (value <= high);
+      const float inside = is_inside ? gradient : 0.0f;
+      dx[i] = inside;
+      run_error += inside * (q[i] - value);
+      run_below += value < low ? gradient : 0.0f;
+      run_above += value > high ? gradient : 0.0f;
+    }
+    sums.inside_error += run_error;
+    sums.below += run_below;
+    sums.above += run_above;
+  }
+  return sums;
+}
 
 class QuantizerGradientOp : public OpKernel {
  public:
@@ -117,44 +143,11 @@ class QuantizerGradientOp : public OpKernel {
     const int64_t blocks = (size + kBlockSize - 1) / kBlockSize;
     std::vector<BlockSums> sums(static_cast<size_t>(blocks));
 
-    auto work = [&](int64_t first_block, int64_t end_block) {
+    auto work = [=, &sums](int64_t first_block, int64_t end_block) {
       for (int64_t block = first_block; block < end_block; ++block) {
         const int64_t begin = block * kBlockSize;
-        const int64_t end = std::min(size, begin + kBlockSize);
-        // kLanes independent float accumulators per sum (a form the compiler vectorizes),
-        // added into double after each run of kRun elements.
-        double inside_error = 0.0, below = 0.0, above = 0.0;
-        for (int64_t run = begin; run < end; run += kRun) {
-          const int64_t run_end = std::min(end, run + kRun);
-          float lane_error[kLanes] = {}, lane_below[kLanes] = {}, lane_above[kLanes] = {};
-          int64_t i = run;
-          for (; i + kLanes <= run_end; i += kLanes) {
-            for (int lane = 0; lane < kLanes; ++lane) {
-              const float value = x[i + lane];
-              const float gradient = g[i + lane];
-              const float inside = (value >= low && value <= high) ? gradient : 0.0f;
-              dx[i + lane] = inside;
-              lane_error[lane] += inside * (q[i + lane] - value);
-              lane_below[lane] += value < low ? gradient : 0.0f;
-              lane_above[lane] += value > high ? gradient : 0.0f;
-            }
-          }
-          for (; i < run_end; ++i) {  // the tail, shorter than kLanes
-            const float value = x[i];
-            const float gradient = g[i];
-            const float inside = (value >= low && value <= high) ? gradient : 0.0f;
-            dx[i] = inside;
-            lane_error[0] += inside * (q[i] - value);
-            lane_below[0] += value < low ? gradient : 0.0f;
-            lane_above[0] += value > high ? gradient : 0.0f;
-          }
-          for (int lane = 0; lane < kLanes; ++lane) {
-            inside_error += lane_error[lane];
-            below += lane_below[lane];
-            above += lane_above[lane];
-          }
-        }
-        sums[static_cast<size_t>(block)] = BlockSums{inside_error, below, above};
+        sums[static_cast<size_t>(block)] = QuantizerGradientRange(
+            g, x, q, dx, begin, std::min(size, begin + kBlockSize), low, high);
       }
     };
     auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
@@ -178,6 +171,22 @@ class QuantizerGradientOp : public OpKernel {
 };
 
 
+// q[i] for i in [begin, end): the loop body of TfadaqatGridQuantize, in a function of its own
+// with restrict pointers so that the compiler vectorizes it.
+void GridQuantizeRange(const float* __restrict__ x, float* __restrict__ q, int64_t begin,
+                       int64_t end, float step, float clip_low, float clip_high,
+                       float integer_low, float integer_high) {
+  for (int64_t i = begin; i < end; ++i) {
+    // min then max, as tf.clip_by_value does (as selects, which vectorize).
+    const float value = x[i];
+    const float below_high = value > clip_high ? clip_high : value;
+    const float clipped = below_high < clip_low ? clip_low : below_high;
+    const float rounded = std::floor(clipped / step + 0.5f);
+    const float under_high = rounded > integer_high ? integer_high : rounded;
+    q[i] = step * (under_high < integer_low ? integer_low : under_high);
+  }
+}
+
 class GridQuantizeOp : public OpKernel {
  public:
   explicit GridQuantizeOp(OpKernelConstruction* context) : OpKernel(context) {}
@@ -198,16 +207,12 @@ class GridQuantizeOp : public OpKernel {
     const float integer_high = context->input(5).flat<float>()(0);
     Tensor* outputs = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, inputs.shape(), &outputs));
-    const float* __restrict__ x = inputs.flat<float>().data();
-    float* __restrict__ q = outputs->flat<float>().data();
+    const float* input_data = inputs.flat<float>().data();
+    float* output_data = outputs->flat<float>().data();
     const int64_t size = inputs.NumElements();
-    auto work = [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        // min then max, as tf.clip_by_value does.
-        const float clipped = std::max(std::min(x[i], clip_high), clip_low);
-        const float rounded = std::floor(clipped / step + 0.5f);
-        q[i] = step * std::max(std::min(rounded, integer_high), integer_low);
-      }
+    auto work = [=](int64_t begin, int64_t end) {
+      GridQuantizeRange(input_data, output_data, begin, end, step, clip_low, clip_high,
+                        integer_low, integer_high);
     };
     auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
     workers->ParallelFor(size, /*cost_per_unit=*/8, work);
