@@ -17,8 +17,9 @@
 // the mask the one of FakeQuantWithMinMaxVarsGradient. The pure-TensorFlow path computes the same
 // with four passes over the tensor (tfadaqat/ops.py); this kernel reads g, x and q once.
 //
-// Sums are accumulated in double over fixed blocks of the flattened tensor and the block sums
-// are added in block order, so the result does not depend on the number of threads.
+// Sums are added in float over runs of 1,024 elements (vectorized), the runs in double over fixed
+// blocks of the flattened tensor, and the blocks in order, so the result does not depend on the
+// number of threads.
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +29,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/kernels/fake_quant_ops_functor.h"
 #include "tensorflow/core/lib/core/threadpool.h"
 
 namespace tfadaqat {
@@ -42,23 +44,13 @@ using ::tensorflow::TensorShape;
 constexpr int64_t kBlockSize = 1 << 15;
 constexpr int64_t kRun = 1024;
 
-// TensorFlow's nudging of a [low, high] range onto a grid of quant_min..quant_max that holds zero.
+// TensorFlow's own nudging of a [low, high] range onto a grid of quant_min..quant_max that holds
+// zero (the function FakeQuantWithMinMaxVars and its gradient call).
 void NudgedRange(float low, float high, int quant_min, int quant_max, float* nudged_low,
                  float* nudged_high) {
-  const float quant_min_float = static_cast<float>(quant_min);
-  const float quant_max_float = static_cast<float>(quant_max);
-  const float scale = (high - low) / (quant_max_float - quant_min_float);
-  const float zero_point_from_low = quant_min_float - low / scale;
-  float zero_point;
-  if (zero_point_from_low < quant_min_float) {
-    zero_point = quant_min_float;
-  } else if (zero_point_from_low > quant_max_float) {
-    zero_point = quant_max_float;
-  } else {
-    zero_point = static_cast<float>(static_cast<uint16_t>(std::round(zero_point_from_low)));
-  }
-  *nudged_low = (quant_min_float - zero_point) * scale;
-  *nudged_high = (quant_max_float - zero_point) * scale;
+  float scale, inverse_scale;
+  ::tensorflow::Nudge(low, high, quant_min, quant_max, nudged_low, nudged_high, &scale,
+                      &inverse_scale);
 }
 
 struct BlockSums {
