@@ -187,7 +187,7 @@ def main(argv):
           f"{FLAGS.inter_op_threads or 'default'}, median of {FLAGS.rounds} rounds x "
           f"{FLAGS.steps} steps")
     reason = fused_kernels.unavailable_reason()
-    print("fused quantizer-gradient kernel: " + ("in use" if reason is None else
+    print("fused quantizer kernels: " + ("in use" if reason is None else
                                                  f"NOT in use ({reason})"))
     print(format_table(medians, FLAGS.batch_size))
     return print_verdicts(check_targets(medians))
