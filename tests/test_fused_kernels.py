@@ -131,25 +131,29 @@ def test_lsq_and_dq_give_the_same_values_and_gradients_with_and_without_kernels(
         assert float(reference_gradient) != 0.0
 
 
+# Two LSQ quantizers in a row and the step's gradient: run in a process without a compiler and,
+# for the expected values, in this one.
+_TWO_LSQ_STEPS = textwrap.dedent("""
+    import numpy as np
+    from tfadaqat import ops
+    from tfadaqat._compat import tf
+    x = tf.constant(np.linspace(-2, 1, 101, dtype=np.float32))
+    step = tf.constant(0.25)
+    with tf.GradientTape() as tape:
+        tape.watch(step)
+        y = ops.lsq_quantize(x, step, 3, signed=True, fused=False)
+        y = ops.lsq_quantize(y, step, 3, signed=True, fused=False)
+        loss = tf.reduce_sum(y * x)
+    gradient = float(tape.gradient(loss, step))
+""")
+
+
 def test_without_a_compiler_it_warns_once_and_uses_tensorflow_ops(tmp_path):
-    script = textwrap.dedent("""
-        import warnings
-        warnings.simplefilter("always")
-        import numpy as np
-        from tfadaqat import fused_kernels, ops
-        from tfadaqat._compat import tf
-        x = tf.constant(np.linspace(-2, 1, 101, dtype=np.float32))
-        step = tf.constant(0.25)
-        with tf.GradientTape() as tape:
-            tape.watch(step)
-            y = ops.lsq_quantize(x, step, 3, signed=True, fused=False)
-            y = ops.lsq_quantize(y, step, 3, signed=True, fused=False)
-            loss = tf.reduce_sum(y * x)
-        gradient = tape.gradient(loss, step)
-        print("REASON", fused_kernels.unavailable_reason())
-        print("VALUES", np.unique(y.numpy()).tolist())
-        print("GRADIENT", float(gradient))
-    """)
+    script = ("import warnings\nwarnings.simplefilter('always')\n" + _TWO_LSQ_STEPS
+              + "from tfadaqat import fused_kernels\n"
+              + "print('REASON', fused_kernels.unavailable_reason())\n"
+              + "print('VALUES', np.unique(y.numpy()).tolist())\n"
+              + "print('GRADIENT', gradient)\n")
     environment = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
                        TFADAQAT_KERNEL_CACHE=str(tmp_path / "cache"))
     environment.pop("TFADAQAT_FUSED_KERNELS", None)
@@ -159,17 +163,10 @@ def test_without_a_compiler_it_warns_once_and_uses_tensorflow_ops(tmp_path):
     assert "no C++ compiler" in result.stdout
     values = [line for line in result.stdout.splitlines() if line.startswith("VALUES")][0]
     assert values == "VALUES [-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75]"
-    # The same gradient as the kernels give in this process.
-    x = tf.constant(np.linspace(-2, 1, 101, dtype=np.float32))
-    step = tf.constant(0.25)
-    with tf.GradientTape() as tape:
-        tape.watch(step)
-        y = ops.lsq_quantize(x, step, 3, signed=True, fused=False)
-        y = ops.lsq_quantize(y, step, 3, signed=True, fused=False)
-        loss = tf.reduce_sum(y * x)
-    expected = float(tape.gradient(loss, step))
+    here = {}
+    exec(_TWO_LSQ_STEPS, here)  # the same gradient as this process (with its kernels) gives
     gradient = float(result.stdout.split("GRADIENT")[1])
-    assert gradient == pytest.approx(expected, rel=1e-6) and abs(expected) > 1.0
+    assert gradient == pytest.approx(here["gradient"], rel=1e-6) and abs(gradient) > 1.0
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.so"))
 
 
