@@ -131,7 +131,7 @@ def build(path: Optional[Path] = None) -> Path:
 def kernel_module():
     """The loaded kernel library, or None (with one warning) where it cannot be built or loaded,
     or where it is switched off (``TFADAQAT_FUSED_KERNELS=0``, :func:`fused_kernels_disabled`)."""
-    if not _state["enabled"] or os.environ.get("TFADAQAT_FUSED_KERNELS") == "0":
+    if _switched_off():
         return None
     if not _state["tried"]:
         _state["tried"] = True
@@ -148,9 +148,14 @@ def kernel_module():
 
 def unavailable_reason() -> Optional[str]:
     """Why the kernel is not in use (None while it is, or before the first use)."""
-    if not _state["enabled"] or os.environ.get("TFADAQAT_FUSED_KERNELS") == "0":
+    if _switched_off():
         return "switched off"
     return _state["reason"]
+
+
+def _switched_off() -> bool:
+    """``TFADAQAT_FUSED_KERNELS=0``, or inside :func:`fused_kernels_disabled`."""
+    return not _state["enabled"] or os.environ.get("TFADAQAT_FUSED_KERNELS") == "0"
 
 
 @contextlib.contextmanager

@@ -9,9 +9,10 @@ Rounding is *round half up*, ``floor(v + 1/2)``, everywhere: it is what TensorFl
 ``FakeQuantWithMinMaxVars`` kernel does, and the fused kernel is what keeps a quantized
 training step close to the cost of a float one (one element-wise pass instead of four).
 Large activation tensors take the fused path; weight tensors, which are small, take
-element-wise formulas that put values exactly on ``k * step``. LSQ's and DQ's backward pass
-(input gradient, step and range gradients) runs in one pass too, in the kernel of
-:mod:`tfadaqat.fused_kernels` (TensorFlow ops where it cannot be built, same results).
+element-wise formulas that put values exactly on ``k * step``. LSQ's and DQ's element-wise
+forward and their backward pass (input gradient, step and range gradients) run in one pass
+each, in the kernels of :mod:`tfadaqat.fused_kernels` (TensorFlow ops where they cannot be
+built: the same values, and the same sums to float rounding).
 
 Integer grids. A *signed* tensor of ``b`` bits uses the symmetric, narrow grid
 ``k in [-(2^(b-1) - 1), 2^(b-1) - 1]`` (``2^b - 1`` values, zero point 0, as TFLite's int8
