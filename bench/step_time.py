@@ -30,12 +30,14 @@ gradient (``sum(g (Q - x)) / d``). A per-step ``tf.cond`` for lazy initialisatio
 signed activations: five to six ops) and their backward (four passes) each take one pass in
 the fused kernels.
 
-The AdaQAT probe is one more forward pass of the quantized model in training mode (the
-authors' finite difference on the same batch and weights). Measured alone it takes ~50 ms
-(0.38x a float step); inside the training step a bare training-mode forward adds ~77 ms and the
-whole probe (forward, bit-width writes, cost gradient) ~100 ms, so probing every step costs
-~1.9x float where a plain step costs ~1.1-1.2x. ``AdaQATRule(probe_every=k)`` divides that
-extra cost by ``k``.
+The AdaQAT probe is one more training-mode forward pass with the probed tensor a bit lower
+(the authors' finite difference on the same batch and weights). A full pass measured ~0.38x a
+float step, and probing every step cost 1.57x float where a plain step cost ~1.2x. The probe
+now re-runs only the layers from one of four restart points at or before the probed tensor's
+layer and takes the earlier layers' outputs from the step's own forward pass
+(:mod:`tfadaqat.partial_forward`; same loss bit for bit, tested against a full pass), and it
+no longer writes BatchNormalization statistics. ``AdaQATRule(probe_every=k)`` divides what is
+left by ``k``.
 
 Targets (process CPU time, ratios within this one run; exits 1 on a miss):
 

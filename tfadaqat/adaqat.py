@@ -34,17 +34,25 @@ batch statistics; BatchNormalization's moving averages are updated once more wit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Dict, List
 
 import numpy as np
 
-from tfadaqat import ops
+from tfadaqat import ops, partial_forward
 from tfadaqat._compat import keras, tf, wrapper_weight_quantizers
 from tfadaqat.budget import QUANTITIES
 from tfadaqat.cost import cost, differentiable_cost
-from tfadaqat.quantizers import DoReFaWeightQuantizer, PACTActivationQuantizer
+from tfadaqat.quantizers import (DoReFaWeightQuantizer, PACTActivationQuantizer,
+                                 initialization_active)
 from tfadaqat.tensors import quantized_tensors
+
+
+#: Restart points of the probe's partial forward pass (:func:`probe`): with ``k`` of them a
+#: probe re-runs about ``(k + 1) / (2 k)`` of the model on average, and the traced step holds
+#: about ``(k + 1) / 2`` copies of the forward pass.
+PROBE_RESTART_POINTS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +160,7 @@ class _LearnedTensor:
     variables: dict
     is_weight: bool
     weight: object  # the float weight variable, for weight tensors
+    layer: object  # the quantize wrapper it belongs to
 
 
 def learned_tensors(model) -> List[_LearnedTensor]:
@@ -165,7 +174,7 @@ def learned_tensors(model) -> List[_LearnedTensor]:
         weight = None
         if role != "output":
             weight = next(w for w, q, _ in wrapper_weight_quantizers(wrapper) if q is quantizer)
-        result.append(_LearnedTensor(quantizer, variables, role != "output", weight))
+        result.append(_LearnedTensor(quantizer, variables, role != "output", weight, wrapper))
     return sorted(result, key=lambda tensor: not tensor.is_weight)
 
 
@@ -241,8 +250,18 @@ def _budget_sizes(model, budget) -> tf.Tensor:
     return tf.stack([sizes[name] for name in QUANTITIES])
 
 
-def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf.Tensor:
+def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, forward_record,
+          active=None) -> tf.Tensor:
     """Runs one AdaQAT probe and updates the probed tensor's relaxed bit-width.
+
+    The probe loss ``L_minus`` is the loss of the batch in training mode with the probed
+    tensor one bit lower. The layers before the probed tensor's compute what they computed in
+    the step's forward pass, so the probe takes their outputs from `forward_record` and
+    re-runs the model from the nearest of :data:`PROBE_RESTART_POINTS` restart points at or
+    before the probed tensor's layer (:mod:`tfadaqat.partial_forward`), on average a little
+    over half of it (with several replicas, and on the first step, from the first point: the
+    choice is a ``tf.switch_case``, and their synchronisation points may not sit in one). The
+    probe changes no BatchNormalization statistics.
 
     The cost term is the authors' ``lambda dC/db`` with ``C = sum_layers b_w b_a``. With a
     budget (see :meth:`tfadaqat.QuantizedModel.budget`) it gains a price term
@@ -265,6 +284,8 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
       rule: The rule's settings.
       x, y, sample_weight: The batch of the training step.
       loss: ``L``, the step's loss on this batch.
+      forward_record: The :class:`tfadaqat.partial_forward.ForwardRecord` of the step's
+        forward pass (:meth:`tfadaqat.QuantizedModel.recorded_forward`).
       active: Optional boolean tensor; False skips this probe (``probe_every``).
 
     Returns:
@@ -298,6 +319,19 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     min_bits = tf.constant([t.quantizer.min_bits for t in tensors])
     max_bits = tf.constant([t.quantizer.max_bits for t in tensors])
+    restarts, restart_of = partial_forward.restart_points(
+        partial_forward.first_positions(model, [t.layer for t in tensors]),
+        PROBE_RESTART_POINTS)
+
+    def probe_forward():
+        branches = [functools.partial(model.resumed_forward, x, forward_record, start)
+                    for start in restarts]
+        if len(branches) == 1 or replicas > 1 or initialization_active():
+            # With several replicas, BatchNormalization's updates (and on the first step the
+            # quantizers' initialisation) synchronise them, which TensorFlow refuses inside
+            # control flow: the probe then re-runs from the first restart point.
+            return branches[0]()
+        return tf.switch_case(tf.gather(tf.constant(restart_of, tf.int32), chosen), branches)
 
     def replica_mean(value):
         if replicas > 1 and replica_context is not None:
@@ -315,7 +349,7 @@ def probe(model, rule: AdaQATRule, x, y, sample_weight, loss, active=None) -> tf
         bits = tf.stack([t.quantizer.bit_width(t.variables) for t in tensors])
         this = tf.logical_and(gate, tf.range(len(tensors)) == chosen)
         write("relaxed_bits", tf.cast(bits - 1, tf.float32), this)
-        probe_loss = replica_mean(model.plain_loss(y, model(x, training=True), sample_weight))
+        probe_loss = replica_mean(model.plain_loss(y, probe_forward(), sample_weight))
         step_loss = replica_mean(loss)
         write("relaxed_bits", saved, this)
         held, within = tf.constant(False), tf.constant(True)

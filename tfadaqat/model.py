@@ -19,6 +19,7 @@ The budget is part of the model config, so it survives ``save`` and ``load_model
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import warnings
@@ -29,6 +30,7 @@ from tfadaqat import methods as methods_lib
 from tfadaqat._compat import keras, tf
 from tfadaqat.budget import Budget
 from tfadaqat import non_finite as non_finite_lib
+from tfadaqat import partial_forward
 from tfadaqat.non_finite import (DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS, SKIPPED_STEPS_METRIC,
                                  StopOnSkippedSteps)
 from tfadaqat.quantizers import initialization_mode
@@ -68,6 +70,53 @@ class QuantizedModel(keras.Model):
     _skip_state: Optional[_SkipState] = None
     _evaluating = False
     _max_consecutive_skipped_steps: Optional[int] = DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
+    _forward_plan: Optional[partial_forward.ForwardPlan] = None
+
+    def _run_internal_graph(self, inputs, training=None, mask=None):
+        """Keras' pass through the layers; inside :meth:`recorded_forward` and
+        :meth:`resumed_forward`, the same pass with recording or resuming (see
+        :mod:`tfadaqat.partial_forward`)."""
+        if self._forward_plan is None:
+            return super()._run_internal_graph(inputs, training=training, mask=mask)
+        return partial_forward.run(self, inputs, mask, self._forward_plan)
+
+    @contextlib.contextmanager
+    def _planned_forward(self, plan: partial_forward.ForwardPlan):
+        # Not through Keras' __setattr__: the plan is trace-time bookkeeping, not state.
+        object.__setattr__(self, "_forward_plan", plan)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_forward_plan", None)
+
+    def recorded_forward(self, x, training=True):
+        """``self(x, training=training)``, and the tensors every layer computed on the way.
+
+        Returns:
+          ``(outputs, record)``, the record a :class:`tfadaqat.partial_forward.ForwardRecord`
+          for :meth:`resumed_forward`.
+        """
+        record = partial_forward.ForwardRecord()
+        with self._planned_forward(partial_forward.ForwardPlan(record=record)):
+            outputs = self(x, training=training)
+        return outputs, record
+
+    def resumed_forward(self, x, record: partial_forward.ForwardRecord, start: int):
+        """A training-mode forward pass on `x` that runs the layers from position `start` of
+        :func:`tfadaqat.partial_forward.execution_order` onwards and takes the outputs of the
+        earlier ones from `record` (a :meth:`recorded_forward` of the same `x`, with the same
+        weights and bit-widths before `start`).
+
+        It changes no state: the BatchNormalization moving statistics that the layers it runs
+        update are given their values back afterwards.
+        """
+        statistics = partial_forward.moving_statistics(self, start)
+        kept = [tf.identity(variable) for variable in statistics]
+        with self._planned_forward(partial_forward.ForwardPlan(resume_from=(start, record))):
+            outputs = self(x, training=True)
+        for variable, value in zip(statistics, kept):
+            variable.assign(value)
+        return outputs
 
     def _method_store(self) -> _MethodStore:
         if self._methods is None:
@@ -336,8 +385,14 @@ class QuantizedModel(keras.Model):
         hooks = [hook for hook in (method.step_hooks(self)
                                    for method in methods_lib.in_model(self)) if hook is not None]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        recording = any(hook.records_forward for hook in hooks)
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
+            if recording:
+                y_pred, record = self.recorded_forward(x)
+                for hook in hooks:
+                    hook.forward_record = record
+            else:
+                y_pred = self(x, training=True)
             kept_metrics = self._keep_metrics(y_pred, y) if keep_metrics else None
             loss = self.compute_loss(x, y, y_pred, sample_weight)
             total = loss

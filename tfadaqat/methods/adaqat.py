@@ -25,7 +25,10 @@ OPTIONS = ("grid", "rescale")  # DoReFa weights'; PACT activations take none
 
 
 class _ProbeStep(StepHooks):
-    """AdaQAT's probe, run with the weights of the step's forward pass (before the update)."""
+    """AdaQAT's probe, run with the weights of the step's forward pass (before the update),
+    re-running only the layers from the probed tensor's on (the step's forward is recorded)."""
+
+    records_forward = True
 
     def __init__(self, model, rule: AdaQATRule):
         self.model, self.rule = model, rule
@@ -36,7 +39,7 @@ class _ProbeStep(StepHooks):
         active = None
         if rule.probe_every > 1:
             active = tf.equal(model.optimizer.iterations % rule.probe_every, 0)
-        probe(model, rule, x, y, sample_weight, loss, active=active)
+        probe(model, rule, x, y, sample_weight, loss, self.forward_record, active=active)
 
 
 class AdaQAT(Method):

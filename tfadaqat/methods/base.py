@@ -42,9 +42,14 @@ class StepHooks:
     Attributes:
       transforms_gradients: Whether :meth:`gradients` changes gradients; the step then sums
         them over replicas before calling it and applies them without a second aggregation.
+      records_forward: Whether the step keeps the tensors of its forward pass for the hooks:
+        it then sets ``forward_record`` (a :class:`tfadaqat.partial_forward.ForwardRecord`)
+        before :meth:`before_update`.
     """
 
     transforms_gradients = False
+    records_forward = False
+    forward_record = None
 
     def loss(self) -> Optional[tf.Tensor]:
         """A term added to the loss inside the gradient tape (same on every replica), or None."""
