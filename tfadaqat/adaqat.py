@@ -28,7 +28,10 @@ are adapted at every probe, the tensors of a phase are probed in turn, and rises
 budget are refused; see :func:`probe` and :func:`budget_targets`.
 
 The probe forward pass runs in training mode, like the step it is compared with, so both see
-batch statistics; BatchNormalization's moving averages are updated once more with the batch.
+batch statistics. It re-runs only the layers from a restart point at or before the probed
+tensor's layer, taking the earlier layers' outputs from the step's own pass
+(:mod:`tfadaqat.partial_forward`), and it leaves BatchNormalization's moving averages as the
+step's pass set them (it measures; only the step trains).
 """
 
 from __future__ import annotations
