@@ -111,7 +111,7 @@ class QuantizedModel(keras.Model):
         update are given their values back afterwards.
         """
         statistics = partial_forward.moving_statistics(self, start)
-        kept = [tf.identity(variable) for variable in statistics]
+        kept = non_finite_lib.snapshot(statistics)
         with self._planned_forward(partial_forward.ForwardPlan(resume_from=(start, record))):
             outputs = self(x, training=True)
         for variable, value in zip(statistics, kept):
@@ -390,7 +390,8 @@ class QuantizedModel(keras.Model):
             if recording:
                 y_pred, record = self.recorded_forward(x)
                 for hook in hooks:
-                    hook.forward_record = record
+                    if hook.records_forward:
+                        hook.forward_record = record
             else:
                 y_pred = self(x, training=True)
             kept_metrics = self._keep_metrics(y_pred, y) if keep_metrics else None

@@ -31,6 +31,7 @@ import dataclasses
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tfadaqat._compat import functional_nodes_by_depth, tf
+from tfadaqat.tensors import unwrapped_layer
 
 
 def execution_order(model) -> List:
@@ -145,9 +146,8 @@ def moving_statistics(model, start: int) -> List[tf.Variable]:
     (the state a training-mode forward pass writes)."""
     found, seen = [], set()
     for node in execution_order(model)[start:]:
-        inner = getattr(node.layer, "layer", node.layer)  # inside a quantize wrapper
         for name in ("moving_mean", "moving_variance"):
-            variable = getattr(inner, name, None)
+            variable = getattr(unwrapped_layer(node.layer), name, None)
             if isinstance(variable, tf.Variable) and variable.ref() not in seen:
                 seen.add(variable.ref())
                 found.append(variable)
