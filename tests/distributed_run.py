@@ -19,6 +19,8 @@ from tfadaqat._compat import keras, tf  # noqa: E402
 
 
 BAD_BATCH = slice(16, 32)
+# The DQ model's SGD learning rate (tests/test_distribute.py's tolerances depend on it).
+DQ_LEARNING_RATE = 0.1
 
 
 def main(method: str, replicas: int, data: str = "") -> None:
@@ -46,7 +48,7 @@ def main(method: str, replicas: int, data: str = "") -> None:
             # SGD, not Adam: Adam turns a near-zero, sign-flipping gradient (the output
             # step's) into full-size steps, so float-rounding differences between one and two
             # replicas grew to 13% of that step with Adam(0.01) while every other value agreed.
-            optimizer = keras.optimizers.SGD(0.1)
+            optimizer = keras.optimizers.SGD(DQ_LEARNING_RATE)
         target = (x[:, :4] > 0).astype("float32")
         if data == "nan":
             x[BAD_BATCH.start + 3, 5] = np.nan
