@@ -131,6 +131,82 @@ def test_lsq_and_dq_give_the_same_values_and_gradients_with_and_without_kernels(
         assert float(reference_gradient) != 0.0
 
 
+@pytest.mark.parametrize("narrow_range, low, high", [(False, 0.0, 2.05), (True, -1.3, 1.3),
+                                                     (False, -0.7, 1.9)])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8, 16])
+def test_fake_quantize_with_a_tensor_bit_width_is_tensorflows_kernel_bit_for_bit(
+        bits, narrow_range, low, high, kernels):
+    """The op that reads its bit-width from a tensor gives what TensorFlow's FakeQuant kernels
+    give with the bit-width as an attribute: values and input gradients bit for bit."""
+    x = tf.constant(_values(5))
+    upstream = tf.constant(_values(6))
+    low, high = tf.constant(low), tf.constant(high)
+
+    def forward_and_gradients(quantize):
+        with tf.GradientTape() as tape:
+            tape.watch([x, low, high])
+            y = quantize()
+        return [y] + tape.gradient(y, [x, low, high], output_gradients=upstream)
+
+    fused = forward_and_gradients(lambda: fused_kernels.fake_quantize(
+        x, low, high, tf.constant(bits), narrow_range=narrow_range))
+    reference = forward_and_gradients(lambda: tf.quantization.fake_quant_with_min_max_vars(
+        x, low, high, num_bits=bits, narrow_range=narrow_range))
+    for name, value, expected in zip(("y", "dx"), fused[:2], reference[:2]):
+        np.testing.assert_array_equal(value.numpy(), expected.numpy(), err_msg=name)
+    # The range gradients are sums: Eigen adds them in an order that depends on the vector
+    # width it was compiled for (here -march=native, TensorFlow's wheel AVX), so they agree
+    # to float rounding, checked against float64 sums over TensorFlow's own mask.
+    inside = reference[1].numpy() != 0.0
+    outside = upstream.numpy().astype(np.float64) * ~inside
+    below = x.numpy() < (float(low) + float(high)) / 2  # outside and below: under the range
+    for value, expected, terms in zip(fused[2:], reference[2:],
+                                      (outside[below], outside[~below])):
+        rounding = 1e-5 * np.abs(terms).sum()  # float32 sums of terms of both signs
+        assert abs(float(value) - float(expected)) <= rounding
+        assert abs(float(value) - terms.sum()) <= rounding
+    # The grid has the bit-width's number of values (at 16 bits more than 8 bits' 256; the
+    # 18,144 inputs do not reach all 65,536).
+    values = len(np.unique(fused[0].numpy()))
+    levels = 2**bits - (1 if narrow_range else 0)
+    assert values == levels if bits <= 8 else 2**8 < values < levels
+    assert float(fused[2]) != 0.0 or float(fused[3]) != 0.0
+
+
+def test_fake_quantize_refuses_a_bit_width_outside_2_to_16(kernels):
+    for bits in (1, 17):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_bits must be in \[2, 16\]"):
+            fused_kernels.fake_quantize(tf.zeros((3,)), tf.constant(0.0), tf.constant(1.0),
+                                        tf.constant(bits), narrow_range=False)
+
+
+def test_pact_with_a_learned_bit_width_equals_the_switch_over_kernels(kernels):
+    """AdaQAT's activation quantizer: a tensor bit-width takes the one op; without the kernels
+    it takes the tf.switch_case over TensorFlow's kernels; both give the same values and
+    gradients, for each bit-width the variable can hold."""
+    x = tf.constant(_values(7))
+    alpha = tf.constant(2.3)
+
+    @tf.function
+    def run(bits):
+        with tf.GradientTape() as tape:
+            tape.watch([x, alpha])
+            y = ops.pact_quantize(x, alpha, bits, bit_range=(2, 8))
+            loss = tf.reduce_sum(y * y)
+        return [y] + tape.gradient(loss, [x, alpha])
+
+    fused_ops = {op.type for op in run.get_concrete_function(
+        tf.TensorSpec((), tf.int32)).graph.get_operations()}
+    assert "TfadaqatFakeQuantize" in fused_ops and "Case" not in fused_ops
+    for bits in range(2, 9):
+        fused = run(tf.constant(bits))
+        with fused_kernels.fused_kernels_disabled():
+            reference = tf.function(run.python_function)(tf.constant(bits))
+        for value, expected in zip(fused, reference):
+            np.testing.assert_array_equal(value.numpy(), expected.numpy(), err_msg=str(bits))
+        assert len(np.unique(fused[0].numpy())) == 2**bits
+
+
 # Two LSQ quantizers in a row and the step's gradient: run in a process without a compiler and,
 # for the expected values, in this one.
 _TWO_LSQ_STEPS = textwrap.dedent("""
@@ -181,7 +257,7 @@ def test_a_build_writes_the_library_once_under_its_key(tmp_path, monkeypatch, ke
     assert [p.name for p in tmp_path.glob("*.so")] == [path.name]
 
 
-@pytest.mark.parametrize("method", ["lsq", "dq"])
+@pytest.mark.parametrize("method", ["lsq", "dq", "adaqat"])
 def test_training_with_and_without_kernels_ends_at_the_same_weights(method, classification_data,
                                                                     kernels):
     x, y = classification_data
@@ -198,7 +274,7 @@ def test_training_with_and_without_kernels_ends_at_the_same_weights(method, clas
         ends.append([(v.name, v.numpy()) for v in model.variables])
     kernels, reference = ends
     assert [name for name, _ in kernels] == [name for name, _ in reference]
-    assert any("step" in name for name, _ in kernels)
+    assert any(name.endswith(("_step:0", "_alpha:0")) for name, _ in kernels)  # quantizers'
     for (name, value), (_, reference_value) in zip(kernels, reference):
         np.testing.assert_allclose(value, reference_value, rtol=1e-3, atol=1e-5, err_msg=name)
     # Training moved the weights (the comparison is not of initial values).

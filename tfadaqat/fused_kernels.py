@@ -1,4 +1,5 @@
-"""Fused quantizer kernels: one pass over a tensor in each direction for LSQ and DQ.
+"""Fused quantizer kernels: one pass over a tensor in each direction for LSQ and DQ, and
+TensorFlow's FakeQuant with a learned (tensor) bit-width for AdaQAT's activations.
 
 Forward. LSQ's and DQ's element-wise quantizer (weights, signed activations),
 ``q = s clip(floor(clip(x, a, b) / s + 1/2), n, p)``, is five to six TensorFlow ops, each a
@@ -17,7 +18,14 @@ product and a sum); on this project's CPUs each pass over a ResNet20 activation 
 milliseconds, which made LSQ and DQ steps 0.3-0.4x of a float step slower than TFMOT's.
 :func:`quantizer_gradient` computes all four in one pass. It is compiled against the
 installed TensorFlow on first use (``kernels/quantizer.cc``, ``g++``, about 10 s; the
-library is cached, see :func:`cache_directory`). Both functions fall back to the TensorFlow ops,
+library is cached, see :func:`cache_directory`).
+
+Learned bit-width. TensorFlow's ``FakeQuantWithMinMaxVars`` takes its bit-width as an attribute,
+so a bit-width held in a variable (AdaQAT's activations) needs a ``tf.switch_case`` over seven
+kernels in each direction; :func:`fake_quantize` is the same kernel reading the bit-width from a
+tensor (TensorFlow's functor, so the same bits).
+
+All functions fall back to the TensorFlow ops,
 with a one-line warning, where no compiler is present or the build fails. Both paths give the
 same ``q`` and ``dL/dx`` bit for bit; the sums agree to float rounding (the kernel adds in
 double, in a fixed order).
@@ -73,8 +81,10 @@ def _build_command(output: Path) -> list:
     # -fno-trapping-math: lets the compiler vectorize the forward loop's selects and floor; it
     # changes no rounding (and no value but a NaN's payload).
     # -fopenmp-simd: the backward kernel's sums are vectorized OpenMP simd reductions.
+    # -DNDEBUG: Eigen without its run-time assertions, as TensorFlow's own kernels are built
+    # (with them, the FakeQuant functors ran at less than half the speed).
     return ([_compiler(), "-shared", "-fPIC", "-O3", "-march=native", "-ffp-contract=off",
-             "-fno-trapping-math", "-fopenmp-simd", "-w", str(SOURCE),
+             "-fno-trapping-math", "-fopenmp-simd", "-DNDEBUG", "-w", str(SOURCE),
              "-o", str(output)]
             + tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
 
@@ -198,6 +208,41 @@ def grid_quantize(inputs: tf.Tensor, step: tf.Tensor, *, clip_low=-math.inf,
     if _clamps(integer_low, integer_high):
         rounded = tf.clip_by_value(rounded, integer_low, integer_high)
     return step * rounded
+
+
+def fake_quantize(inputs: tf.Tensor, low: tf.Tensor, high: tf.Tensor, bits: tf.Tensor, *,
+                  narrow_range: bool) -> Optional[tf.Tensor]:
+    """``FakeQuantWithMinMaxVars`` with the bit-width as an integer tensor in ``[2, 16]``.
+
+    Forward and gradient are TensorFlow's own FakeQuant functors given that bit-width, so the
+    results are those of ``tf.quantization.fake_quant_with_min_max_vars(..., num_bits=bits)``
+    and of its gradient op bit for bit: ``dq/dx`` is the upstream gradient where ``x`` lies in
+    the nudged ``[low, high]`` (else 0), ``dq/dlow`` and ``dq/dhigh`` are the sums of the
+    upstream gradient below and above it; the bit-width has none. A bit-width outside
+    ``[2, 16]`` is an ``InvalidArgumentError`` when the op runs.
+
+    Returns:
+      The fake-quantized tensor, or None where the kernels are not in use (the caller then
+      selects TensorFlow's kernel of each bit-width with ``tf.switch_case``).
+    """
+    module = kernel_module()
+    if module is None:
+        return None
+    bits = tf.cast(bits, tf.int32)
+
+    @tf.custom_gradient
+    def quantize(inputs, low, high):
+        outputs = module.tfadaqat_fake_quantize(inputs, low, high, bits,
+                                                narrow_range=narrow_range)
+
+        def gradient(upstream):
+            return module.tfadaqat_fake_quantize_gradient(upstream, inputs, low, high, bits,
+                                                          narrow_range=narrow_range)
+
+        return outputs, gradient
+
+    return quantize(tf.convert_to_tensor(inputs), tf.convert_to_tensor(low),
+                    tf.convert_to_tensor(high))
 
 
 def _clamps(low, high) -> bool:

@@ -93,9 +93,11 @@ def fused_fake_quantize(x: tf.Tensor, low: tf.Tensor, high: tf.Tensor, bits: Bit
       x: Tensor to quantize.
       low: Scalar lower end of the range.
       high: Scalar upper end of the range.
-      bits: A Python int, or an integer scalar tensor whose value lies in `bit_range`; a tensor
-        selects the kernel of its value with `tf.switch_case`, since the kernel's bit-width is a
-        static attribute.
+      bits: A Python int, or an integer scalar tensor whose value lies in `bit_range` (it is
+        clipped into it). TensorFlow's kernel takes the bit-width as a static attribute, so a
+        tensor goes to :func:`tfadaqat.fused_kernels.fake_quantize` (the same kernel reading
+        the bit-width at run time) where the fused kernels are built and `bit_range` lies in
+        ``[2, 16]``, else to a `tf.switch_case` over one kernel per bit-width.
       narrow_range: Use ``2^b - 1`` values instead of ``2^b`` (symmetric signed grids).
       bit_range: Inclusive ``(min, max)`` of the values a tensor `bits` may take.
 
@@ -105,6 +107,12 @@ def fused_fake_quantize(x: tf.Tensor, low: tf.Tensor, high: tf.Tensor, bits: Bit
     if isinstance(bits, int):
         return _fused_kernel(x, low, high, bits, narrow_range)
     lowest, highest = bit_range
+    if lowest >= FUSED_KERNEL_BITS[0] and highest <= FUSED_KERNEL_BITS[1]:
+        # One kernel that reads the bit-width (tfadaqat.fused_kernels), where it is built.
+        bits = tf.clip_by_value(tf.cast(bits, tf.int32), lowest, highest)
+        quantized = fused_kernels.fake_quantize(x, low, high, bits, narrow_range=narrow_range)
+        if quantized is not None:
+            return quantized
     branches = [
         (lambda b=b: _fused_kernel(x, low, high, b, narrow_range))
         for b in range(lowest, highest + 1)

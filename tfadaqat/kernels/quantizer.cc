@@ -17,9 +17,17 @@
 // the mask the one of FakeQuantWithMinMaxVarsGradient. The pure-TensorFlow path computes the same
 // with four passes over the tensor (tfadaqat/ops.py); this kernel reads g, x and q once.
 //
+// TfadaqatFakeQuantize(inputs, low, high, num_bits) and its gradient are TensorFlow's
+// FakeQuantWithMinMaxVars and FakeQuantWithMinMaxVarsGradient with the bit-width as an int32
+// tensor instead of an attribute: the same functors (fake_quant_ops_functor.h) with the same
+// arguments, so the same bits. AdaQAT's activations learn their bit-width; with the attribute,
+// a tensor bit-width needs a tf.switch_case over one kernel per bit-width in each direction.
+//
 // Sums are added in float over runs of 1,024 elements (vectorized), the runs in double over fixed
 // blocks of the flattened tensor, and the blocks in order, so the result does not depend on the
 // number of threads.
+
+#define EIGEN_USE_THREADS  // the FakeQuant functors run on Eigen::ThreadPoolDevice
 
 #include <algorithm>
 #include <cmath>
@@ -211,7 +219,126 @@ class GridQuantizeOp : public OpKernel {
   }
 };
 
+// The quant_min and quant_max of a FakeQuant kernel of `num_bits` (a scalar int32 tensor).
+void QuantRange(OpKernelContext* context, const Tensor& num_bits, bool narrow_range,
+                int* quant_min, int* quant_max) {
+  OP_REQUIRES(context, num_bits.NumElements() == 1,
+              ::tensorflow::errors::InvalidArgument("num_bits must be a scalar, got shape ",
+                                                    num_bits.shape().DebugString()));
+  const int bits = num_bits.flat<int32_t>()(0);
+  OP_REQUIRES(context, bits >= 2 && bits <= 16,
+              ::tensorflow::errors::InvalidArgument("num_bits must be in [2, 16], got ", bits));
+  *quant_min = narrow_range ? 1 : 0;
+  *quant_max = (1 << bits) - 1;
+}
+
+void CheckScalars(OpKernelContext* context, const Tensor& low, const Tensor& high) {
+  OP_REQUIRES(context, low.NumElements() == 1 && high.NumElements() == 1,
+              ::tensorflow::errors::InvalidArgument("low and high must be scalars, got ",
+                                                    low.shape().DebugString(), " and ",
+                                                    high.shape().DebugString()));
+}
+
+class FakeQuantizeOp : public OpKernel {
+ public:
+  explicit FakeQuantizeOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& inputs = context->input(0);
+    const Tensor& low = context->input(1);
+    const Tensor& high = context->input(2);
+    CheckScalars(context, low, high);
+    if (!context->status().ok()) return;
+    int quant_min = 0, quant_max = 0;
+    QuantRange(context, context->input(3), narrow_range_, &quant_min, &quant_max);
+    if (!context->status().ok()) return;
+    Tensor* outputs = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, inputs.shape(), &outputs));
+    ::tensorflow::FakeQuantWithMinMaxVarsFunctor<Eigen::ThreadPoolDevice> functor;
+    functor(context->eigen_device<Eigen::ThreadPoolDevice>(), inputs.flat<float>(),
+            low.scalar<float>(), high.scalar<float>(), quant_min, quant_max,
+            outputs->flat<float>());
+  }
+
+ private:
+  bool narrow_range_;
+};
+
+class FakeQuantizeGradientOp : public OpKernel {
+ public:
+  explicit FakeQuantizeGradientOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& gradients = context->input(0);
+    const Tensor& inputs = context->input(1);
+    const Tensor& low = context->input(2);
+    const Tensor& high = context->input(3);
+    OP_REQUIRES(context, gradients.shape() == inputs.shape(),
+                ::tensorflow::errors::InvalidArgument(
+                    "gradients and inputs must have one shape, got ",
+                    gradients.shape().DebugString(), " and ", inputs.shape().DebugString()));
+    CheckScalars(context, low, high);
+    if (!context->status().ok()) return;
+    int quant_min = 0, quant_max = 0;
+    QuantRange(context, context->input(4), narrow_range_, &quant_min, &quant_max);
+    if (!context->status().ok()) return;
+    Tensor* input_gradient = nullptr;
+    Tensor* low_gradient = nullptr;
+    Tensor* high_gradient = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, inputs.shape(), &input_gradient));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({}), &low_gradient));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({}), &high_gradient));
+    ::tensorflow::FakeQuantWithMinMaxVarsGradientFunctor<Eigen::ThreadPoolDevice> functor;
+    functor(context->eigen_device<Eigen::ThreadPoolDevice>(), gradients.flat<float>(),
+            inputs.flat<float>(), low.scalar<float>(), high.scalar<float>(), quant_min,
+            quant_max, input_gradient->flat<float>(), low_gradient->scalar<float>(),
+            high_gradient->scalar<float>());
+  }
+
+ private:
+  bool narrow_range_;
+};
+
 }  // namespace
+
+REGISTER_OP("TfadaqatFakeQuantize")
+    .Input("inputs: float")
+    .Input("low: float")
+    .Input("high: float")
+    .Input("num_bits: int32")
+    .Attr("narrow_range: bool = false")
+    .Output("outputs: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      context->set_output(0, context->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("TfadaqatFakeQuantize").Device(::tensorflow::DEVICE_CPU),
+                        FakeQuantizeOp);
+
+REGISTER_OP("TfadaqatFakeQuantizeGradient")
+    .Input("gradients: float")
+    .Input("inputs: float")
+    .Input("low: float")
+    .Input("high: float")
+    .Input("num_bits: int32")
+    .Attr("narrow_range: bool = false")
+    .Output("input_gradient: float")
+    .Output("low_gradient: float")
+    .Output("high_gradient: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* context) {
+      context->set_output(0, context->input(1));
+      context->set_output(1, context->Scalar());
+      context->set_output(2, context->Scalar());
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("TfadaqatFakeQuantizeGradient").Device(::tensorflow::DEVICE_CPU),
+                        FakeQuantizeGradientOp);
 
 REGISTER_OP("TfadaqatGridQuantize")
     .Input("inputs: float")
