@@ -246,6 +246,20 @@ def test_without_a_compiler_it_warns_once_and_uses_tensorflow_ops(tmp_path):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.so"))
 
 
+def test_a_failed_build_names_the_compilers_first_error(tmp_path, monkeypatch):
+    compiler = tmp_path / "failing-compiler"
+    compiler.write_text("#!/bin/sh\necho 'In file included from x.h:1,' >&2\n"
+                        "echo 'quantizer.cc:7:3: error: no such thing' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("TFADAQAT_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError) as raised:
+        fused_kernels.build()
+    first_line = str(raised.value).splitlines()[0]
+    assert first_line == "building quantizer.cc failed: quantizer.cc:7:3: error: no such thing"
+    assert not list((tmp_path / "cache").glob("*.so"))
+
+
 def test_a_build_writes_the_library_once_under_its_key(tmp_path, monkeypatch, kernels):
     monkeypatch.setenv("TFADAQAT_KERNEL_CACHE", str(tmp_path))
     path = fused_kernels.library_path()

@@ -133,9 +133,19 @@ def build(path: Optional[Path] = None) -> Path:
             result = subprocess.run(_build_command(scratch_library), capture_output=True,
                                     text=True, check=False)
             if result.returncode != 0:
-                raise RuntimeError(f"building {SOURCE.name} failed:\n{result.stderr[-2000:]}")
+                raise RuntimeError(f"building {SOURCE.name} failed: "
+                                   f"{_first_error(result.stderr, result.returncode)}\n"
+                                   f"{result.stderr[-2000:]}")
             os.replace(scratch_library, path)
     return path
+
+
+def _first_error(compiler_output: str, returncode: int) -> str:
+    """The compiler's first ``error`` line (the warning's one-line reason), else its exit code."""
+    for line in compiler_output.splitlines():
+        if "error" in line:
+            return line.strip()
+    return f"the compiler exited with {returncode}"
 
 
 def kernel_module():
