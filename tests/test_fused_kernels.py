@@ -295,4 +295,5 @@ def test_training_with_and_without_kernels_ends_at_the_same_weights(method, clas
     trained = [value for name, value in kernels if name == "kernel:0"]
     initial = [w.numpy() for w in float_model.weights if w.name.endswith("/kernel:0")]
     assert [t.shape for t in trained] == [i.shape for i in initial]
-    assert min(np.max(np.abs(t - i)) for t, i in zip(trained, initial)) > 1e-3
+    # (10x the comparison's atol; the least-moved kernel moves 5e-4 to 1e-3 in two epochs)
+    assert min(np.max(np.abs(t - i)) for t, i in zip(trained, initial)) > 1e-4

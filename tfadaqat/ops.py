@@ -291,7 +291,9 @@ def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool
       step: Scalar step ``d`` > 0.
       q_max: Scalar range ``q_max`` >= ``d``.
       signed: Symmetric range, else ``[0, q_max]``.
-      fused: Use the fused kernel (unsigned activations only); else element-wise formulas.
+      fused: For unsigned tensors, clip with a minimum and round with TensorFlow's FakeQuant
+        kernel (two passes); else :func:`tfadaqat.fused_kernels.grid_quantize` (one pass where
+        the fused kernels are built; what :class:`tfadaqat.quantizers.DQQuantizer` uses).
 
     Returns:
       Quantized tensor.
