@@ -23,7 +23,7 @@ library is cached, see :func:`cache_directory`).
 Learned bit-width. TensorFlow's ``FakeQuantWithMinMaxVars`` takes its bit-width as an attribute,
 so a bit-width held in a variable (AdaQAT's activations) needs a ``tf.switch_case`` over seven
 kernels in each direction; :func:`fake_quantize` is the same kernel reading the bit-width from a
-tensor (TensorFlow's functor, so the same bits).
+tensor (TensorFlow's functor: the same values and input gradients, range sums to float rounding).
 
 All functions fall back to the TensorFlow ops,
 with a one-line warning, where no compiler is present or the build fails. Both paths give the
@@ -224,11 +224,13 @@ def fake_quantize(inputs: tf.Tensor, low: tf.Tensor, high: tf.Tensor, bits: tf.T
                   narrow_range: bool) -> Optional[tf.Tensor]:
     """``FakeQuantWithMinMaxVars`` with the bit-width as an integer tensor in ``[2, 16]``.
 
-    Forward and gradient are TensorFlow's own FakeQuant functors given that bit-width, so the
-    results are those of ``tf.quantization.fake_quant_with_min_max_vars(..., num_bits=bits)``
-    and of its gradient op bit for bit: ``dq/dx`` is the upstream gradient where ``x`` lies in
-    the nudged ``[low, high]`` (else 0), ``dq/dlow`` and ``dq/dhigh`` are the sums of the
-    upstream gradient below and above it; the bit-width has none. A bit-width outside
+    Forward and gradient are TensorFlow's own FakeQuant functors given that bit-width: the
+    values and ``dq/dx`` (the upstream gradient where ``x`` lies in the nudged
+    ``[low, high]``, else 0) are those of
+    ``tf.quantization.fake_quant_with_min_max_vars(..., num_bits=bits)`` and its gradient op
+    bit for bit; ``dq/dlow`` and ``dq/dhigh``, the sums of the upstream gradient below and above
+    the range, agree to float rounding (Eigen's summation order follows the vector width the
+    library is compiled for). The bit-width has no gradient. A bit-width outside
     ``[2, 16]`` is an ``InvalidArgumentError`` when the op runs.
 
     Returns:
