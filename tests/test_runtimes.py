@@ -35,7 +35,8 @@ def test_every_runtime_runs_the_file_and_the_reference_ones_agree_bit_for_bit(ex
         assert values.shape == expected.shape == (32, 5), runtime
         assert np.all(np.isfinite(values))
     # TFLite Micro runs kernels derived from TFLite's reference ones: on this small model the
-    # same integers (on the quickstart's ResNet20, 0.02% of values differ by a step).
+    # same integers (on the quickstart's ResNet20, 0.02% of values differ by a step: their
+    # FULLY_CONNECTED kernels round differently, see tests/test_simulation.py).
     np.testing.assert_array_equal(outputs["tflm"], outputs["builtin"])
     # Quantizing the input outside the file (int8 input) gives what the file's own QUANTIZE
     # gives, on every runtime (random inputs meet no rounding tie).

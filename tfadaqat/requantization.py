@@ -60,24 +60,48 @@ def single_rounding(accumulators, multiplier: float) -> np.ndarray:
 
 
 def reference_rounding(accumulators, multiplier: float) -> np.ndarray:
-    """The reference kernels' ``MultiplyByQuantizedMultiplier(a, m, shift)``.
+    """The reference kernels' ``MultiplyByQuantizedMultiplier(a, m, shift)`` for the real
+    `multiplier` (see :func:`multiply_by_quantized_multiplier`)."""
+    fixed, shift = quantized_multiplier(multiplier)
+    return multiply_by_quantized_multiplier(accumulators, fixed, shift)
+
+
+def multiply_by_quantized_multiplier(accumulators, fixed, shift) -> np.ndarray:
+    """TFLite's ``MultiplyByQuantizedMultiplier(a, m, shift)``, elementwise; `fixed` and
+    `shift` (from :func:`quantized_multiplier`) may be arrays broadcast against `a` (one per
+    output channel, channels last).
 
     Forward: ``x = round(a 2^max(shift, 0) m / 2^31)`` (halves up, towards +inf: gemmlowp's
     nudge and C's truncating division), then ``round(x / 2^max(-shift, 0))`` (halves away
-    from zero).
+    from zero). Computed in int64: ``|a 2^max(shift, 0)| < 2^31`` as in the kernels' int32.
     """
-    fixed, shift = quantized_multiplier(multiplier)
-    values = np.asarray(accumulators, np.int64) * (1 << max(shift, 0))
+    fixed = np.asarray(fixed, np.int64)
+    shift = np.asarray(shift, np.int64)
+    values = np.asarray(accumulators, np.int64) << np.maximum(shift, 0)
     product = values * fixed
     nudge = np.where(product >= 0, 1 << 30, 1 - (1 << 30))
     shifted = product + nudge
     high = np.where(shifted >= 0, shifted // _Q31, -((-shifted) // _Q31))  # toward zero
-    exponent = max(-shift, 0)
-    if exponent == 0:
-        return high
-    mask = (1 << exponent) - 1
+    exponent = np.maximum(-shift, 0)
+    mask = (np.int64(1) << exponent) - 1
     threshold = (mask >> 1) + (high < 0)
     return (high >> exponent) + ((high & mask) > threshold)
+
+
+def multiply_by_reduced_multiplier(accumulators, fixed, shift) -> np.ndarray:
+    """TFLite's 64-bit ``MultiplyByQuantizedMultiplier(int64 a, m, shift)``, which LiteRT's
+    built-in reference FULLY_CONNECTED uses: one rounding, with the Q31 multiplier first
+    reduced to 16 bits.
+
+    Forward: ``m16 = (m + 2^15) >> 16`` (at most ``2^15 - 1``), then
+    ``(a m16 + 2^(14 - shift)) >> (15 - shift)``: halves up, towards +inf.
+    """
+    fixed = np.asarray(fixed, np.int64)
+    shift = np.asarray(shift, np.int64)
+    reduced = np.where(fixed < 0x7FFF0000, (fixed + (1 << 15)) >> 16, 0x7FFF)
+    total_shift = 15 - shift
+    product = np.asarray(accumulators, np.int64) * reduced + (np.int64(1) << (total_shift - 1))
+    return product >> total_shift
 
 
 def double_rounding_share(multiplier: float) -> float:

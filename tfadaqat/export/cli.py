@@ -71,6 +71,17 @@ def main(argv=None, prog: str = "python -m tfadaqat.export") -> int:
               f"{agreement['top1_agreement']:.4f}, largest output difference "
               f"{agreement['max_output_difference']:.2f} steps, "
               f"{agreement['differing']:.2%} of outputs differ")
+        exact = report.reference_arithmetic.get(runtime)
+        if exact is not None:
+            print(f"  {runtime} against the file simulated in its arithmetic (two roundings "
+                  f"a requantization): {1 - exact['differing']:.2%} of outputs equal, largest "
+                  f"difference {exact['max_output_difference']:.2f} steps")
+    if report.integer_model:
+        print(f"the file's integers rounded once, as Keras rounds: top-1 agreement "
+              f"{report.integer_model['top1_agreement']:.4f}, "
+              f"{report.integer_model['within_one_step']:.2%} of outputs within 1 step")
+    if report.simulation_error:
+        print(f"not simulated: {report.simulation_error}")
     if report.tflm_arena:
         arena = report.tflm_arena
         print(f"TFLite Micro arena: {arena['total_bytes']:,} bytes of RAM "

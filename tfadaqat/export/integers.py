@@ -7,8 +7,8 @@ Every tfadaqat weight quantizer outputs ``scale x k`` with integers ``k`` in ``[
 int32 bias grid ``r`` times finer (TFLite counts a bias in units of input scale x weight
 scale; at 2-3 bits the unrefined unit is a tenth of an output step, and rounding a folded
 BatchNormalization offset to it moved 5% of a 2-bit layer's outputs on ResNet20). Kernels
-packed as int4 keep ``r = 1``. A BatchNormalization ``m_c y + o_c`` folded into the kernel
-before it becomes per-output-channel scales ``scale |m_c| / r``, its sign carried by the
+packed as int4 take ``r = floor(7 / max|k|)``: 7 for 2 bits, 2 for 3, 1 for 4. A
+BatchNormalization ``m_c y + o_c`` folded into the kernel before it becomes per-output-channel scales ``scale |m_c| / r``, its sign carried by the
 stored integers.
 """
 
@@ -55,7 +55,8 @@ def weight_integers(wrapper, int4: bool) -> Kernel:
             "grid at 8 bits); quantize with grid='symmetric' or max_bits=7")
     integers = np.round(quantized / scale)
     packed = int4 and low >= INT4_LOW and high <= INT4_HIGH
-    refinement = 1 if packed else INT8_WEIGHT_LIMIT // max(1, int(np.abs(integers).max()))
+    limit = INT4_HIGH if packed else INT8_WEIGHT_LIMIT
+    refinement = limit // max(1, int(np.abs(integers).max()))
     # The DoReFa paper grid holds only odd integers: 2^b of its 2 high + 1.
     return Kernel(integers, scale, bits, min(high - low + 1, 2**bits), refinement, packed)
 

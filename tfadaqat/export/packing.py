@@ -22,8 +22,9 @@ def pack_int4(content: bytes) -> bytes:
     TFLite INT4 tensors (two values per byte, low nibble first).
 
     TF 2.21's converter stores such weights in int8 even from 4-bit FakeQuant graphs; LiteRT
-    reads INT4 filters and unpacks them. Only kernels stored without refinement (the packed
-    ones, ``r = 1``) have values in that range.
+    reads INT4 filters and unpacks them. Only the kernels planned for packing (refined to
+    ``r = floor(7 / max|k|)``, :mod:`tfadaqat.export.integers`) have values in that range;
+    an int8 kernel is refined to reach at least 64.
     """
     schema = tflite_schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))

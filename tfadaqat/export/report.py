@@ -47,6 +47,16 @@ class ExportReport:
       within_two_steps: Fraction of output values within 2 output steps of Keras'.
       output_step: The output step those differences are counted in.
       float_ops: Ops left in float (only with ``allow_float_ops=True``), by TFLite op name.
+      reference_arithmetic: Per reference-kernel runtime verified on ("builtin", "tflm"): its
+        agreement (same keys as `runtimes`) with the file simulated in that runtime's
+        integer arithmetic (:func:`tfadaqat.export.simulation.simulate`), which rounds each
+        requantization twice where the Keras model rounds once. Equal outputs mean the
+        runtime computes the trained integers and differs from Keras by its rounding only.
+      integer_model: With a reference-kernel runtime: the agreement with the Keras model of
+        the file's integers rounded once (``simulate(..., "single")``): that the file holds
+        what was trained, whatever the runtime.
+      simulation_error: Why the two fields above are empty although a reference-kernel
+        runtime was verified on (an op the simulation does not cover); None otherwise.
       tflm_arena: When verified on "tflm": the tensor arena TensorFlow Lite Micro needs
         (:func:`tfadaqat.runtimes.tflm_arena`): ``total_bytes`` (the RAM to set aside: the
         smallest arena TFLM accepts), ``activation_bytes`` (int8 activations, placed by its
@@ -70,3 +80,6 @@ class ExportReport:
     float_ops: List[str] = dataclasses.field(default_factory=list)
     tflm_arena: Dict[str, int] = dataclasses.field(default_factory=dict)
     target: str = "litert"
+    reference_arithmetic: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    integer_model: Dict[str, float] = dataclasses.field(default_factory=dict)
+    simulation_error: Optional[str] = None

@@ -11,6 +11,7 @@ import numpy as np
 from tfadaqat._compat import tf, tflite_interpreter, tflite_ops, wrapper_output_quantizer
 from tfadaqat.export.plan import ExportPlan
 from tfadaqat.export.report import ExportReport, LayerExport
+from tfadaqat.export.simulation import simulate
 from tfadaqat.layer_kinds import INTEGER_OPS
 from tfadaqat.runtimes import run as run_on_runtime
 from tfadaqat.runtimes import tflm_arena
@@ -96,14 +97,36 @@ def verify(model, content: bytes, data, runtimes, report: ExportReport) -> None:
         step = _output_tensor_step(content) or 1.0
     report.examples = len(images)
     report.output_step = float(step)
+    reference_runtimes = [runtime for runtime in runtimes if runtime in ("builtin", "tflm")]
+    simulations = _simulations(content, images, reference_runtimes, report)
+    if "single" in simulations:
+        report.integer_model = output_agreement(simulations["single"], expected, step)
     for runtime in runtimes:
         outputs = run_on_runtime(content, runtime, images)
         report.runtimes[runtime] = output_agreement(outputs, expected, step)
+        if runtime in simulations:
+            report.reference_arithmetic[runtime] = output_agreement(
+                outputs, simulations[runtime], step)
     if "tflm" in runtimes:
         report.tflm_arena = tflm_arena(content)
     for name, value in report.runtimes[runtimes[0]].items():
         if hasattr(report, name):
             setattr(report, name, value)
+
+
+def _simulations(content: bytes, images: np.ndarray, runtimes, report: ExportReport
+                 ) -> Dict[str, np.ndarray]:
+    """The file's outputs simulated in each reference runtime's arithmetic and rounded once
+    (``"single"``), when a reference runtime is verified on; none when the file holds an op
+    the simulation does not cover (the reason goes to ``report.simulation_error``)."""
+    if not runtimes:
+        return {}
+    try:
+        return {arithmetic: simulate(content, images, arithmetic)
+                for arithmetic in list(runtimes) + ["single"]}
+    except ValueError as error:
+        report.simulation_error = str(error)
+        return {}
 
 
 def _output_tensor_step(content: bytes) -> Optional[float]:
