@@ -8,8 +8,8 @@ int32 bias grid ``r`` times finer (TFLite counts a bias in units of input scale 
 scale; at 2-3 bits the unrefined unit is a tenth of an output step, and rounding a folded
 BatchNormalization offset to it moved 5% of a 2-bit layer's outputs on ResNet20). Kernels
 packed as int4 take ``r = floor(7 / max|k|)``: 7 for 2 bits, 2 for 3, 1 for 4. A
-BatchNormalization ``m_c y + o_c`` folded into the kernel before it becomes per-output-channel scales ``scale |m_c| / r``, its sign carried by the
-stored integers.
+BatchNormalization ``m_c y + o_c`` folded into the kernel before it becomes per-output-channel
+scales ``scale |m_c| / r``, its sign carried by the stored integers.
 """
 
 from __future__ import annotations
