@@ -127,12 +127,19 @@ def simulate(content: bytes, examples: np.ndarray, arithmetic: str = "tflm") -> 
     """
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
-    graph, values = _run(content, examples, arithmetic)
-    result = values[graph.outputs[0]]
+    examples = np.asarray(examples, np.float32)
+    results = []
+    for start in range(0, len(examples), _CHUNK):  # bounds the memory of the windows
+        graph, values = _run(content, examples[start:start + _CHUNK], arithmetic)
+        results.append(values[graph.outputs[0]])
+    result = np.concatenate(results)
     target = graph.tensors[graph.outputs[0]]
     if target.type == "INT8":
         return ((result - target.zero_point) * np.float64(target.scale)).astype(np.float32)
     return np.asarray(result, np.float32)
+
+
+_CHUNK = 16  # examples simulated at once
 
 
 def _run(content: bytes, examples: np.ndarray, arithmetic: str = "tflm"):
@@ -239,7 +246,7 @@ def _windows(x: np.ndarray, kernel: Tuple[int, int], strides, dilations, same: b
     view = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(1, 2))
     view = view[:, ::strides[0], ::strides[1]][:, :out_h, :out_w]
     view = view[..., ::dilations[0], ::dilations[1]]  # [N, oh, ow, C, kh, kw]
-    return np.moveaxis(view, 3, -1), (top, left)
+    return np.moveaxis(view, 3, -1)
 
 
 def _weight_scales(weights: _Tensor) -> np.ndarray:
@@ -253,39 +260,35 @@ def _bias(bias) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Ops: each takes (input values, input tensors, output tensor, builtin options).
 
-def _conv(values, tensors, output, options, arithmetic):
+def _convolution(values, tensors, output, options, arithmetic, sums):
+    """CONV_2D and DEPTHWISE_CONV_2D: ``sums`` of ``q - z_in`` (the padding reads the zero
+    point: 0) against the stored integers, plus the int32 bias, requantized per output
+    channel by ``s_in s_w,c / s_out``."""
     x, weights, bias = values[0], values[1], values[2] if len(values) > 2 else None
     source, kernel = tensors[0], tensors[1]
     strides = (_options(options, "strideH", 1), _options(options, "strideW", 1))
     dilations = (_options(options, "dilationHFactor", 1), _options(options, "dilationWFactor", 1))
     same = _options(options, "padding") == 0
-    shifted = (x - source.zero_point).astype(np.float64)  # padding reads the zero point: 0
-    filters = np.asarray(weights, np.float64)  # [O, kh, kw, C]
-    view, _ = _windows(shifted, filters.shape[1:3], strides, dilations, same)
-    accumulators = np.rint(np.tensordot(view, filters, axes=([3, 4, 5], [1, 2, 3])))
-    accumulators = accumulators.astype(np.int64) + _bias(bias)
-    real = np.float64(source.scale) * _weight_scales(kernel) / np.float64(output.scale)
-    return _requantize(accumulators, real, output,
-                       _options(options, "fusedActivationFunction"), arithmetic)
-
-
-def _depthwise(values, tensors, output, options, arithmetic):
-    x, weights, bias = values[0], values[1], values[2] if len(values) > 2 else None
-    source, kernel = tensors[0], tensors[1]
-    strides = (_options(options, "strideH", 1), _options(options, "strideW", 1))
-    dilations = (_options(options, "dilationHFactor", 1), _options(options, "dilationWFactor", 1))
-    same = _options(options, "padding") == 0
-    filters = np.asarray(weights, np.float64)[0]  # [kh, kw, C * D]
-    channels = x.shape[-1]
-    depth = filters.shape[-1] // channels
     shifted = (x - source.zero_point).astype(np.float64)
-    view, _ = _windows(shifted, filters.shape[:2], strides, dilations, same)
-    view = np.repeat(view, depth, axis=-1)  # output channel c * D + d reads input channel c
-    accumulators = np.rint(np.einsum("nhwijc,ijc->nhwc", view, filters))
-    accumulators = accumulators.astype(np.int64) + _bias(bias)
+    products = sums(shifted, np.asarray(weights, np.float64), strides, dilations, same)
+    accumulators = np.rint(products).astype(np.int64) + _bias(bias)
     real = np.float64(source.scale) * _weight_scales(kernel) / np.float64(output.scale)
     return _requantize(accumulators, real, output,
                        _options(options, "fusedActivationFunction"), arithmetic)
+
+
+def _convolution_sums(x, filters, strides, dilations, same):
+    """Filters ``[O, kh, kw, C]``: exact in float64 (integers far below 2^53)."""
+    view = _windows(x, filters.shape[1:3], strides, dilations, same)
+    return np.tensordot(view, filters, axes=([3, 4, 5], [1, 2, 3]))
+
+
+def _depthwise_sums(x, filters, strides, dilations, same):
+    """Filters ``[1, kh, kw, C D]``: output channel ``c D + d`` reads input channel ``c``."""
+    filters = filters[0]
+    view = _windows(x, filters.shape[:2], strides, dilations, same)
+    view = np.repeat(view, filters.shape[-1] // x.shape[-1], axis=-1)
+    return np.einsum("nhwijc,ijc->nhwc", view, filters)
 
 
 def _fully_connected(values, tensors, output, options, arithmetic):
@@ -364,7 +367,7 @@ def _max_pool(values, tensors, output, options, arithmetic):
     strides = (_options(options, "strideH", 1), _options(options, "strideW", 1))
     same = _options(options, "padding") == 0
     low, high = activation_range(_options(options, "fusedActivationFunction"), output)
-    view, _ = _windows(x, kernel, strides, (1, 1), same, fill=np.iinfo(np.int64).min)
+    view = _windows(x, kernel, strides, (1, 1), same, fill=np.iinfo(np.int64).min)
     return np.clip(view.max(axis=(3, 4)), low, high)
 
 
@@ -455,8 +458,8 @@ def _softmax(x, options):
 
 
 _OPS = {
-    "CONV_2D": _conv,
-    "DEPTHWISE_CONV_2D": _depthwise,
+    "CONV_2D": lambda *arguments: _convolution(*arguments, sums=_convolution_sums),
+    "DEPTHWISE_CONV_2D": lambda *arguments: _convolution(*arguments, sums=_depthwise_sums),
     "FULLY_CONNECTED": _fully_connected,
     "ADD": _add,
     "MUL": _mul,
