@@ -138,7 +138,8 @@ def test_reference_runtimes_equal_the_simulation_and_its_integers_agree_with_ker
 
 def _every_tensor_equals_the_reference_kernels(content, images):
     """Each op's output, not only the model's: LiteRT's reference kernels keep them all."""
-    graph, values = simulation._run(content, images, "builtin")
+    graph = simulation._Graph(content)
+    values = simulation._run(graph, np.asarray(images, np.float32), "builtin")
     compared = set()
     for index, image in enumerate(images):
         interpreter = tflite_interpreter(content, preserve_all_tensors=True,
@@ -181,10 +182,10 @@ def test_uncovered_ops_and_arithmetics_are_named(tmp_path):
                                          r"'single'\), got 'xnnpack'"):
         simulation.simulate(content, images, "xnnpack")
     renamed = _with_operator_renamed(content, "MAX_POOL_2D", "L2_POOL_2D")
-    with pytest.raises(ValueError, match=r"op L2_POOL_2D \(output '[^']*max[^']*'\) has no "
+    with pytest.raises(simulation.NotSimulated, match=r"op L2_POOL_2D \(output '[^']*max[^']*'\) has no "
                                          "reference-arithmetic simulation here"):
         simulation.simulate(renamed, images)
     # SOFTMAX, simulated in float, is refused inside the network (not at its output).
     renamed = _with_operator_renamed(content, "MAX_POOL_2D", "SOFTMAX")
-    with pytest.raises(ValueError, match=r"op SOFTMAX .* feeds another op"):
+    with pytest.raises(simulation.NotSimulated, match=r"op SOFTMAX .* feeds another op"):
         simulation.simulate(renamed, images)

@@ -35,6 +35,10 @@ from tfadaqat.requantization import (multiply_by_quantized_multiplier,
 
 #: Ops computed in float and rounded once (possibly a step off the reference kernels).
 APPROXIMATE_OPS = ("SOFTMAX",)
+
+
+class NotSimulated(ValueError):
+    """The file holds an op, a tensor type or an op option this simulation does not cover."""
 _INT8_MIN, _INT8_MAX = -128, 127
 
 
@@ -74,7 +78,7 @@ def _decode(data: bytes, type_name: str, shape: List[int]) -> np.ndarray:
     dtypes = {"INT8": np.int8, "INT32": np.int32, "FLOAT32": np.float32, "INT64": np.int64,
               "UINT8": np.uint8, "INT16": np.int16}
     if type_name not in dtypes:
-        raise ValueError(f"tensor type {type_name} has no simulation here")
+        raise NotSimulated(f"tensor type {type_name} has no simulation here")
     return np.frombuffer(data, dtypes[type_name]).reshape(shape)
 
 
@@ -97,6 +101,22 @@ class _Graph:
                           for op in subgraph.operators]
         self.inputs = [int(i) for i in subgraph.inputs]
         self.outputs = [int(i) for i in subgraph.outputs]
+
+    def check_covered(self) -> None:
+        """Raises :class:`NotSimulated` for an op not in the simulation, or an approximate op
+        whose output another op reads (the DEQUANTIZE of the model's float output aside)."""
+        read = {index for name, inputs, outputs, _ in self.operators
+                if name != "DEQUANTIZE" or outputs[0] not in self.outputs for index in inputs}
+        for name, _, outputs, _ in self.operators:
+            if name not in _OPS:
+                raise NotSimulated(f"op {name} (output {self.tensors[outputs[0]].name!r}) has "
+                                   f"no reference-arithmetic simulation here; simulated: "
+                                   f"{sorted(_OPS)}")
+            if name in APPROXIMATE_OPS and read.intersection(outputs):
+                raise NotSimulated(f"op {name} (output {self.tensors[outputs[0]].name!r}) feeds "
+                                   "another op: it is simulated in float, which is exact only "
+                                   "up to one output step, so it is accepted at the model's "
+                                   "output only")
 
 
 #: The arithmetics simulated: the two runtimes of reference kernels (which differ in
@@ -121,18 +141,19 @@ def simulate(content: bytes, examples: np.ndarray, arithmetic: str = "tflm") -> 
         up to float32 rounding, XNNPACK on int8 kernels).
 
     Raises:
-      ValueError: For an op or tensor type this simulation does not cover (named), or a
-        SOFTMAX whose output feeds another op (other than the DEQUANTIZE of the model's
-        float output).
+      ValueError: For an unknown `arithmetic`.
+      NotSimulated: A ``ValueError`` for an op, tensor type or op option this simulation
+        does not cover (named), or a SOFTMAX whose output feeds another op (other than the
+        DEQUANTIZE of the model's float output).
     """
     if arithmetic not in ARITHMETICS:
         raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+    graph = _Graph(content)
+    graph.check_covered()
     examples = np.asarray(examples, np.float32)
-    results = []
-    for start in range(0, len(examples), _CHUNK):  # bounds the memory of the windows
-        graph, values = _run(content, examples[start:start + _CHUNK], arithmetic)
-        results.append(values[graph.outputs[0]])
-    result = np.concatenate(results)
+    result = np.concatenate([  # a few examples at a time bounds the memory of the windows
+        _run(graph, examples[start:start + _CHUNK], arithmetic)[graph.outputs[0]]
+        for start in range(0, len(examples), _CHUNK)])
     target = graph.tensors[graph.outputs[0]]
     if target.type == "INT8":
         return ((result - target.zero_point) * np.float64(target.scale)).astype(np.float32)
@@ -142,15 +163,9 @@ def simulate(content: bytes, examples: np.ndarray, arithmetic: str = "tflm") -> 
 _CHUNK = 16  # examples simulated at once
 
 
-def _run(content: bytes, examples: np.ndarray, arithmetic: str = "tflm"):
-    """``(graph, {tensor index: values})`` of every tensor the simulation computed."""
-    graph = _Graph(content)
-    examples = np.asarray(examples, np.float32)
-    readers: Dict[int, List[str]] = {}
-    for name, inputs, outputs, _ in graph.operators:
-        for index in inputs:
-            readers.setdefault(index, []).append(
-                name if name != "DEQUANTIZE" or outputs[0] not in graph.outputs else "")
+def _run(graph: _Graph, examples: np.ndarray, arithmetic: str) -> Dict[int, np.ndarray]:
+    """``{tensor index: values}`` of every tensor the simulation computes (the graph's ops
+    checked by :meth:`_Graph.check_covered` first)."""
     values: Dict[int, np.ndarray] = {}
     source = graph.tensors[graph.inputs[0]]
     if source.type == "INT8":  # as the runtimes feed it: round half to even, then clamp
@@ -159,20 +174,12 @@ def _run(content: bytes, examples: np.ndarray, arithmetic: str = "tflm"):
     else:
         values[graph.inputs[0]] = examples
     for name, inputs, outputs, options in graph.operators:
-        if name not in _OPS:
-            raise ValueError(f"op {name} (output {graph.tensors[outputs[0]].name!r}) has no "
-                             f"reference-arithmetic simulation here; simulated: "
-                             f"{sorted(_OPS)}")
-        if name in APPROXIMATE_OPS and any(any(readers.get(i, [])) for i in outputs):
-            raise ValueError(f"op {name} (output {graph.tensors[outputs[0]].name!r}) feeds "
-                             "another op: it is simulated in float, which is exact only up "
-                             "to one output step, so it is accepted at the model's output only")
         arguments = [values[i] if i in values else (graph.tensors[i].constant if i >= 0
                                                     else None) for i in inputs]
         tensors = [graph.tensors[i] if i >= 0 else None for i in inputs]
         output = graph.tensors[outputs[0]]
         values[outputs[0]] = _OPS[name](arguments, tensors, output, options, arithmetic)
-    return graph, values
+    return values
 
 
 # ---------------------------------------------------------------------------------------
@@ -196,7 +203,7 @@ def activation_range(function: int, output: _Tensor) -> Tuple[int, int]:
         return max(_INT8_MIN, quantize(-1.0)), min(_INT8_MAX, quantize(1.0))
     if function == 3:
         return max(_INT8_MIN, quantize(0.0)), min(_INT8_MAX, quantize(6.0))
-    raise ValueError(f"fused activation {function} has no simulation here")
+    raise NotSimulated(f"fused activation {function} has no simulation here")
 
 
 def _multipliers(real: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -206,10 +213,11 @@ def _multipliers(real: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _requantize(accumulators: np.ndarray, real: np.ndarray, output: _Tensor,
-                function: int = 0, arithmetic: str = "tflm") -> np.ndarray:
+                function: int = 0, arithmetic: str = "tflm", reduced: bool = False
+                ) -> np.ndarray:
     """``clamp(zero_point + round(a r_c))``, channels last: the reference kernels'
-    ``MultiplyByQuantizedMultiplier``, or for "single" the exact product rounded once,
-    halves to even."""
+    ``MultiplyByQuantizedMultiplier`` (with `reduced`, its 16-bit single-rounding form), or
+    for "single" the exact product rounded once, halves to even."""
     low, high = activation_range(function, output)
     if arithmetic == "single":
         rounded = np.rint(np.asarray(accumulators, np.float64) * real).astype(np.int64)
@@ -217,7 +225,9 @@ def _requantize(accumulators: np.ndarray, real: np.ndarray, output: _Tensor,
         fixed, shift = _multipliers(real)
         if fixed.size == 1:
             fixed, shift = fixed[0], shift[0]
-        rounded = multiply_by_quantized_multiplier(accumulators, fixed, shift)
+        multiply = (multiply_by_reduced_multiplier if reduced
+                    else multiply_by_quantized_multiplier)
+        rounded = multiply(accumulators, fixed, shift)
     return np.clip(rounded + output.zero_point, low, high)
 
 
@@ -301,15 +311,9 @@ def _fully_connected(values, tensors, output, options, arithmetic):
     flat = (x - source.zero_point).astype(np.float64).reshape(-1, inputs)
     accumulators = np.rint(flat @ filters.T.astype(np.float64)).astype(np.int64) + _bias(bias)
     real = np.float64(source.scale) * _weight_scales(kernel) / np.float64(output.scale)
-    function = _options(options, "fusedActivationFunction")
-    if arithmetic == "builtin":
-        fixed, shift = _multipliers(real)
-        low, high = activation_range(function, output)
-        result = np.clip(multiply_by_reduced_multiplier(
-            accumulators, fixed if fixed.size > 1 else fixed[0],
-            shift if shift.size > 1 else shift[0]) + output.zero_point, low, high)
-    else:
-        result = _requantize(accumulators, real, output, function, arithmetic)
+    result = _requantize(accumulators, real, output,
+                         _options(options, "fusedActivationFunction"), arithmetic,
+                         reduced=arithmetic == "builtin")
     count = x.shape[0]
     shape = [count] + list(output.shape[1:]) if len(output.shape) > 1 else [-1]
     return result.reshape(shape)
@@ -352,7 +356,7 @@ def _mean(values, tensors, output, options, arithmetic):
     x, axes = np.asarray(values[0], np.int64), np.asarray(values[1]).reshape(-1)
     source = tensors[0]
     if x.ndim != 4 or sorted(int(a) % 4 for a in axes) != [1, 2]:
-        raise ValueError(f"MEAN over axes {axes.tolist()} of a rank-{x.ndim} tensor has no "
+        raise NotSimulated(f"MEAN over axes {axes.tolist()} of a rank-{x.ndim} tensor has no "
                          "simulation here (height and width of a 4-D tensor only)")
     count = x.shape[1] * x.shape[2]
     sums = (x - source.zero_point).sum(axis=(1, 2))
@@ -381,7 +385,7 @@ def _concatenation(values, tensors, output, options, arithmetic):
     """Copies: the export puts every input on the output's grid first."""
     for tensor in tensors:
         if tensor.scale != output.scale or tensor.zero_point != output.zero_point:
-            raise ValueError(f"CONCATENATION of {tensor.name!r} onto another scale or zero "
+            raise NotSimulated(f"CONCATENATION of {tensor.name!r} onto another scale or zero "
                              f"point (output {output.name!r}) has no simulation here")
     return np.concatenate([np.asarray(value, np.int64) for value in values],
                           axis=_options(options, "axis", 0))
@@ -411,7 +415,7 @@ def _strided_slice(values, tensors, output, options, arithmetic):
     begin, end, strides = (np.asarray(v).reshape(-1) for v in values[1:4])
     for mask in ("ellipsisMask", "newAxisMask", "shrinkAxisMask"):
         if _options(options, mask):
-            raise ValueError(f"STRIDED_SLICE with {mask} (output {output.name!r}) has no "
+            raise NotSimulated(f"STRIDED_SLICE with {mask} (output {output.name!r}) has no "
                              "simulation here")
     begin_mask, end_mask = _options(options, "beginMask"), _options(options, "endMask")
     index = [slice(None)]

@@ -11,7 +11,7 @@ import numpy as np
 from tfadaqat._compat import tf, tflite_interpreter, tflite_ops, wrapper_output_quantizer
 from tfadaqat.export.plan import ExportPlan
 from tfadaqat.export.report import ExportReport, LayerExport
-from tfadaqat.export.simulation import simulate
+from tfadaqat.export.simulation import NotSimulated, simulate
 from tfadaqat.layer_kinds import INTEGER_OPS
 from tfadaqat.runtimes import run as run_on_runtime
 from tfadaqat.runtimes import tflm_arena
@@ -124,7 +124,7 @@ def _simulations(content: bytes, images: np.ndarray, runtimes, report: ExportRep
     try:
         return {arithmetic: simulate(content, images, arithmetic)
                 for arithmetic in list(runtimes) + ["single"]}
-    except ValueError as error:
+    except NotSimulated as error:
         report.simulation_error = str(error)
         return {}
 
