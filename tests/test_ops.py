@@ -54,14 +54,13 @@ def test_lsq_golden(x, step, bits, signed, fused, expected):
     np.testing.assert_array_equal(y.numpy(), np.array(expected, np.float32))
 
 
-@pytest.mark.parametrize("x, step, q_max, signed, fused, expected", [
-    ([-2, -1.1, 0.25, 1.2, 3, 0], 0.5, 1.2, True, False, [-1.0, -1.0, 0.5, 1.0, 1.0, 0]),
-    ([-1, 0.5, 1.5, 2.5, 2.7, 9], 1.0, 2.6, False, True, [0, 1, 2, 3, 3, 3]),
-    ([-1, 0.5, 1.5, 2.5, 2.7, 9], 1.0, 2.6, False, False, [0, 1, 2, 3, 3, 3]),
+@pytest.mark.parametrize("x, step, q_max, signed, expected", [
+    ([-2, -1.1, 0.25, 1.2, 3, 0], 0.5, 1.2, True, [-1.0, -1.0, 0.5, 1.0, 1.0, 0]),
+    ([-1, 0.5, 1.5, 2.5, 2.7, 9], 1.0, 2.6, False, [0, 1, 2, 3, 3, 3]),
 ])
-def test_dq_golden(x, step, q_max, signed, fused, expected):
+def test_dq_golden(x, step, q_max, signed, expected):
     y = ops.dq_quantize(tf.constant(x, tf.float32), tf.constant(step), tf.constant(q_max),
-                        signed=signed, fused=fused)
+                        signed=signed)
     np.testing.assert_array_equal(y.numpy(), np.array(expected, np.float32))
 
 
@@ -149,12 +148,12 @@ def test_lsq_gradients_match_reference(signed, fused, bits):
     np.testing.assert_allclose(d_step, d_step_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("signed, fused", [(True, False), (False, True), (False, False)])
-def test_dq_gradients_match_reference(signed, fused):
+@pytest.mark.parametrize("signed", [True, False])
+def test_dq_gradients_match_reference(signed):
     x, upstream = _random_problem(21)
     step, q_max = 0.3, 3.1
     y, (d_x, d_step, d_q_max) = _forward_and_gradients(
-        lambda x, d, q: ops.dq_quantize(x, d, q, signed=signed, fused=fused), x, step, q_max,
+        lambda x, d, q: ops.dq_quantize(x, d, q, signed=signed), x, step, q_max,
         upstream=upstream)
     y_ref, d_x_ref, d_step_ref, d_q_max_ref = reference.dq(x, step, q_max, signed, upstream)
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
@@ -241,7 +240,7 @@ def test_dq_invariants(x, q_max, signed):
     bits = int(ops.dq_bits(step, q_max, signed=signed))
     limit = 2**bits - 1 if signed else 2**bits
     top = 0.25 * float(ops.round_half_up(q_max / step))
-    _invariants(lambda t: ops.dq_quantize(t, step, q_max, signed=signed, fused=not signed), x,
+    _invariants(lambda t: ops.dq_quantize(t, step, q_max, signed=signed), x,
                 limit, -top if signed else 0.0, top)
 
 

@@ -274,8 +274,8 @@ def lsq_quantize(x: tf.Tensor, step: tf.Tensor, bits: int, *, signed: bool,
     return quantize(x, step)
 
 
-def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool,
-                fused: bool = True) -> tf.Tensor:
+def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool
+                ) -> tf.Tensor:
     """DQ quantizer in the U3 parametrization (learned step `d` and range `q_max`).
 
     Forward: ``Q(x) = d round(clip(x, -q_max, q_max) / d)`` (signed) or
@@ -291,9 +291,6 @@ def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool
       step: Scalar step ``d`` > 0.
       q_max: Scalar range ``q_max`` >= ``d``.
       signed: Symmetric range, else ``[0, q_max]``.
-      fused: For unsigned tensors, clip with a minimum and round with TensorFlow's FakeQuant
-        kernel (two passes); else :func:`tfadaqat.fused_kernels.grid_quantize` (one pass where
-        the fused kernels are built; what :class:`tfadaqat.quantizers.DQQuantizer` uses).
 
     Returns:
       Quantized tensor.
@@ -301,24 +298,19 @@ def dq_quantize(x: tf.Tensor, step: tf.Tensor, q_max: tf.Tensor, *, signed: bool
     References:
       Uhlich et al., Mixed Precision DNNs, arXiv:1905.11452.
     """
-    use_fused = fused and not signed
     x = tf.convert_to_tensor(x)
     step, q_max = tf.convert_to_tensor(step), tf.convert_to_tensor(q_max)
 
     @tf.custom_gradient
     def quantize(x, step, q_max):
+        # One pass where the fused kernels are built (tfadaqat.fused_kernels): clip, round, and
+        # every output exactly d times an integer.
         low = -q_max if signed else tf.zeros_like(q_max)
-        if use_fused:
-            # A 16-bit grid of step d starting at 0 never saturates below q_max (projected to
-            # at most 2^16 - 1 steps), so the fused kernel only rounds; the clip is the minimum.
-            y = tf.quantization.fake_quant_with_min_max_vars(
-                tf.minimum(x, q_max), tf.zeros_like(step), step * 65535.0, num_bits=16)
-        else:
-            y = fused_kernels.grid_quantize(x, step, clip_low=low, clip_high=q_max)
+        y = fused_kernels.grid_quantize(x, step, clip_low=low, clip_high=q_max)
 
         def gradient(upstream):
             inside, error_sum, below, above = fused_kernels.quantizer_gradient(
-                upstream, x, y, low, q_max, nudge=use_fused)
+                upstream, x, y, low, q_max, nudge=False)
             step_gradient = error_sum / step
             q_max_gradient = above - below if signed else above
             return inside, step_gradient, q_max_gradient

@@ -124,10 +124,7 @@ class DQQuantizer(TensorQuantizer):
 
     def _quantize(self, tensor, variables):
         step, q_max = self.step_and_range(variables)
-        # The grid kernel (fused=False) for activations too: it clips and rounds in one pass,
-        # where the FakeQuant path takes a minimum and a FakeQuant pass, and its outputs are
-        # exactly d times an integer (FakeQuant's nudged scale can be d plus an ulp).
-        return ops.dq_quantize(tensor, step, q_max, signed=self.signed, fused=False)
+        return ops.dq_quantize(tensor, step, q_max, signed=self.signed)
 
     def bit_width(self, variables):
         step, q_max = self.step_and_range(variables)
