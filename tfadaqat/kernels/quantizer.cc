@@ -219,40 +219,47 @@ class GridQuantizeOp : public OpKernel {
   }
 };
 
-// The quant_min and quant_max of a FakeQuant kernel of `num_bits` (a scalar int32 tensor).
-void QuantRange(OpKernelContext* context, const Tensor& num_bits, bool narrow_range,
-                int* quant_min, int* quant_max) {
-  OP_REQUIRES(context, num_bits.NumElements() == 1,
-              ::tensorflow::errors::InvalidArgument("num_bits must be a scalar, got shape ",
-                                                    num_bits.shape().DebugString()));
-  const int bits = num_bits.flat<int32_t>()(0);
-  OP_REQUIRES(context, bits >= 2 && bits <= 16,
-              ::tensorflow::errors::InvalidArgument("num_bits must be in [2, 16], got ", bits));
-  *quant_min = narrow_range ? 1 : 0;
-  *quant_max = (1 << bits) - 1;
-}
-
-void CheckScalars(OpKernelContext* context, const Tensor& low, const Tensor& high) {
-  OP_REQUIRES(context, low.NumElements() == 1 && high.NumElements() == 1,
-              ::tensorflow::errors::InvalidArgument("low and high must be scalars, got ",
-                                                    low.shape().DebugString(), " and ",
-                                                    high.shape().DebugString()));
-}
-
-class FakeQuantizeOp : public OpKernel {
+// What the two FakeQuant kernels share: the narrow_range attribute and the checks of the range
+// (scalar low and high) and the bit-width (a scalar int32 in [2, 16]).
+class FakeQuantizeKernel : public OpKernel {
  public:
-  explicit FakeQuantizeOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit FakeQuantizeKernel(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range_));
   }
+
+ protected:
+  // The quant_min and quant_max of a FakeQuant kernel of `num_bits`; the context's status set
+  // instead when `low`, `high` or `num_bits` is not as above (OP_REQUIRES returns).
+  void QuantRange(OpKernelContext* context, const Tensor& low, const Tensor& high,
+                  const Tensor& num_bits, int* quant_min, int* quant_max) const {
+    OP_REQUIRES(context, low.NumElements() == 1 && high.NumElements() == 1,
+                ::tensorflow::errors::InvalidArgument("low and high must be scalars, got ",
+                                                      low.shape().DebugString(), " and ",
+                                                      high.shape().DebugString()));
+    OP_REQUIRES(context, num_bits.NumElements() == 1,
+                ::tensorflow::errors::InvalidArgument("num_bits must be a scalar, got shape ",
+                                                      num_bits.shape().DebugString()));
+    const int bits = num_bits.flat<int32_t>()(0);
+    OP_REQUIRES(context, bits >= 2 && bits <= 16,
+                ::tensorflow::errors::InvalidArgument("num_bits must be in [2, 16], got ", bits));
+    *quant_min = narrow_range_ ? 1 : 0;
+    *quant_max = (1 << bits) - 1;
+  }
+
+ private:
+  bool narrow_range_;
+};
+
+class FakeQuantizeOp : public FakeQuantizeKernel {
+ public:
+  using FakeQuantizeKernel::FakeQuantizeKernel;
 
   void Compute(OpKernelContext* context) override {
     const Tensor& inputs = context->input(0);
     const Tensor& low = context->input(1);
     const Tensor& high = context->input(2);
-    CheckScalars(context, low, high);
-    if (!context->status().ok()) return;
     int quant_min = 0, quant_max = 0;
-    QuantRange(context, context->input(3), narrow_range_, &quant_min, &quant_max);
+    QuantRange(context, low, high, context->input(3), &quant_min, &quant_max);
     if (!context->status().ok()) return;
     Tensor* outputs = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, inputs.shape(), &outputs));
@@ -261,16 +268,11 @@ class FakeQuantizeOp : public OpKernel {
             low.scalar<float>(), high.scalar<float>(), quant_min, quant_max,
             outputs->flat<float>());
   }
-
- private:
-  bool narrow_range_;
 };
 
-class FakeQuantizeGradientOp : public OpKernel {
+class FakeQuantizeGradientOp : public FakeQuantizeKernel {
  public:
-  explicit FakeQuantizeGradientOp(OpKernelConstruction* context) : OpKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("narrow_range", &narrow_range_));
-  }
+  using FakeQuantizeKernel::FakeQuantizeKernel;
 
   void Compute(OpKernelContext* context) override {
     const Tensor& gradients = context->input(0);
@@ -281,10 +283,8 @@ class FakeQuantizeGradientOp : public OpKernel {
                 ::tensorflow::errors::InvalidArgument(
                     "gradients and inputs must have one shape, got ",
                     gradients.shape().DebugString(), " and ", inputs.shape().DebugString()));
-    CheckScalars(context, low, high);
-    if (!context->status().ok()) return;
     int quant_min = 0, quant_max = 0;
-    QuantRange(context, context->input(4), narrow_range_, &quant_min, &quant_max);
+    QuantRange(context, low, high, context->input(4), &quant_min, &quant_max);
     if (!context->status().ok()) return;
     Tensor* input_gradient = nullptr;
     Tensor* low_gradient = nullptr;
@@ -298,9 +298,6 @@ class FakeQuantizeGradientOp : public OpKernel {
             quant_max, input_gradient->flat<float>(), low_gradient->scalar<float>(),
             high_gradient->scalar<float>());
   }
-
- private:
-  bool narrow_range_;
 };
 
 }  // namespace
