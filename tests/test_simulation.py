@@ -182,8 +182,9 @@ def test_uncovered_ops_and_arithmetics_are_named(tmp_path):
                                          r"'single'\), got 'xnnpack'"):
         simulation.simulate(content, images, "xnnpack")
     renamed = _with_operator_renamed(content, "MAX_POOL_2D", "L2_POOL_2D")
-    with pytest.raises(simulation.NotSimulated, match=r"op L2_POOL_2D \(output '[^']*max[^']*'\) has no "
-                                         "reference-arithmetic simulation here"):
+    with pytest.raises(simulation.NotSimulated,
+                       match=r"op L2_POOL_2D \(output '[^']*max[^']*'\) has no "
+                             "reference-arithmetic simulation here"):
         simulation.simulate(renamed, images)
     # SOFTMAX, simulated in float, is refused inside the network (not at its output).
     renamed = _with_operator_renamed(content, "MAX_POOL_2D", "SOFTMAX")
