@@ -11,8 +11,8 @@ default 8-bit QAT of the same float model (3 epochs) is the reference row.
 
 Per file: bytes; the physical limit ``sum(params x bits) / 8`` plus int32 biases; TFLite
 Micro's arena (RAM); single-thread latency per inference on XNNPACK, the reference kernels and
-TFLite Micro (median of ``--runs``, process CPU time, which holds up on a shared machine, and
-wall time); and, on the 450 test images, per runtime, top-1 agreement and the share of outputs
+TFLite Micro (median of ``--runs`` interleaved rounds over the model's three files and three
+runtimes, process CPU time, which holds up on a shared machine, and wall time); and, on the 450 test images, per runtime, top-1 agreement and the share of outputs
 within one output step against the Keras model and, for the reference kernels (builtin, TFLite
 Micro), against the file simulated in that runtime's arithmetic
 (:mod:`tfadaqat.export.simulation`); the agreement with the Keras model of the file's
@@ -93,17 +93,24 @@ def _logits(model) -> bool:
     return getattr(model.layers[-1], "activation", None) is not keras.activations.softmax
 
 
-def _latency(content: bytes, runtime: str, example: np.ndarray, runs: int):
-    """Median ``(CPU ms, wall ms)`` of one inference."""
-    invoke = runtimes_lib.invoker(content, runtime)
-    invoke(example)
-    cpu, wall = [], []
-    for _ in range(runs):
-        cpu_start, wall_start = time.process_time(), time.perf_counter()
+def _latencies(contents, example: np.ndarray, runs: int):
+    """Median ``(CPU ms, wall ms)`` of one inference, per ``(file, runtime)`` of `contents`
+    (``{file: bytes}``) and :data:`RUNTIMES`, timed in interleaved rounds (each round runs
+    every file on every runtime once), so that a slow spell of the shared machine falls on all
+    of them alike rather than on one file's block."""
+    invokers = {(file, runtime): runtimes_lib.invoker(content, runtime)
+                for file, content in contents.items() for runtime in RUNTIMES}
+    times = {key: ([], []) for key in invokers}
+    for invoke in invokers.values():
         invoke(example)
-        cpu.append(time.process_time() - cpu_start)
-        wall.append(time.perf_counter() - wall_start)
-    return 1e3 * statistics.median(cpu), 1e3 * statistics.median(wall)
+    for _ in range(runs):
+        for key, invoke in invokers.items():
+            cpu_start, wall_start = time.process_time(), time.perf_counter()
+            invoke(example)
+            times[key][0].append(time.process_time() - cpu_start)
+            times[key][1].append(time.perf_counter() - wall_start)
+    return {key: (1e3 * statistics.median(cpu), 1e3 * statistics.median(wall))
+            for key, (cpu, wall) in times.items()}
 
 
 def _tfmot_file(float_model, train, logits: bool):
@@ -142,12 +149,12 @@ def _measure(name: str, train, test, out: str):
     _compile(qmodel, logits)
     qmodel.fit(*train, batch_size=64, epochs=FLAGS.epochs, verbose=0)
     accuracy = float(qmodel.evaluate(*test, verbose=0)[1])
-    rows = []
+    rows, contents = [], {}
     for storage in ("int8", "int4"):
         path = os.path.join(out, f"{name}_{storage}.tflite")
         report = tfadaqat.export_tflite(qmodel, path, verify_with=test[0],
                                         runtimes=RUNTIMES, weight_storage=storage)
-        content = open(path, "rb").read()
+        content = contents[f"adaqat {storage}"] = open(path, "rb").read()
         if report.simulation_error:
             raise RuntimeError(f"{path}: not simulated: {report.simulation_error}")
         row = {"model": name, "file": f"adaqat {storage}", "bytes": report.file_bytes,
@@ -161,10 +168,8 @@ def _measure(name: str, train, test, out: str):
         row["xnnpack_differs_from_integers"] = float(np.mean(
             np.abs(xnnpack - integers) > 1e-3 * report.output_step))
         for runtime in RUNTIMES:
-            cpu, wall = _latency(content, runtime, test[0][0], FLAGS.runs)
             agreement = report.runtimes[runtime]
-            row["runtimes"][runtime] = {"cpu_ms": cpu, "wall_ms": wall,
-                                        "top1": agreement["top1_agreement"],
+            row["runtimes"][runtime] = {"top1": agreement["top1_agreement"],
                                         "within_one_step": agreement["within_one_step"]}
             exact = report.reference_arithmetic.get(runtime)
             if exact is not None:
@@ -174,16 +179,19 @@ def _measure(name: str, train, test, out: str):
                      "equal_in_its_arithmetic": 1.0 - exact["differing"]})
         rows.append(row)
     content, weight_bytes = _tfmot_file(float_model, train, logits)
+    contents["tfmot int8"] = content
     tfmot_path = os.path.join(out, f"{name}_tfmot.tflite")
     with open(tfmot_path, "wb") as stream:
         stream.write(content)
-    row = {"model": name, "file": "tfmot int8", "bytes": len(content),
-           "physical_limit": float(weight_bytes),
-           "arena_bytes": runtimes_lib.tflm_arena(content)["total_bytes"], "runtimes": {}}
-    for runtime in RUNTIMES:
-        cpu, wall = _latency(content, runtime, test[0][0], FLAGS.runs)
-        row["runtimes"][runtime] = {"cpu_ms": cpu, "wall_ms": wall}
-    rows.append(row)
+    rows.append({"model": name, "file": "tfmot int8", "bytes": len(content),
+                 "physical_limit": float(weight_bytes),
+                 "arena_bytes": runtimes_lib.tflm_arena(content)["total_bytes"],
+                 "runtimes": {runtime: {} for runtime in RUNTIMES}})
+    latencies = _latencies(contents, test[0][0], FLAGS.runs)
+    for row in rows:
+        for runtime, values in row["runtimes"].items():
+            cpu, wall = latencies[(row["file"], runtime)]
+            values.update(cpu_ms=cpu, wall_ms=wall)
     return rows
 
 
